@@ -1,0 +1,148 @@
+"""The one batched graph type passed everywhere, and building it from :class:`ase.Atoms`.
+
+An :class:`AtomicGraph` holds one or several structures as a disjoint union: atoms of all
+structures are concatenated, ``batch`` says which structure each atom belongs to and ``ptr``
+where each structure starts. Edges come from a vesin neighbour list computed once per
+structure; periodic images are encoded as integer cell shifts so that the edge vectors are
+recomputed from ``positions`` and ``cell`` inside the model, which is what lets forces and
+stress be derived by autograd (the strain trick in :mod:`mlff_distiller.models.predict`).
+
+Fields (``N`` atoms, ``E`` directed edges, ``B`` structures):
+
+==============  ===========  =======  ====================================================
+field           shape        unit     meaning
+==============  ===========  =======  ====================================================
+``positions``   (N, 3)       Å        Cartesian positions
+``numbers``     (N,)                  atomic numbers (int64)
+``cell``        (B, 3, 3)    Å        cell vectors as rows; zeros for a non-periodic system
+``pbc``         (B, 3)                periodicity along each cell vector (bool)
+``edge_index``  (2, E)                ``[i, j]``: atom ``i`` sees neighbour ``j``; both
+                                      directions are present (full list)
+``cell_shifts`` (E, 3)                integer image of ``j`` (stored in the float dtype)
+``batch``       (N,)                  index of the structure of each atom (int64)
+``ptr``         (B + 1,)              atoms of structure ``b`` are ``ptr[b]:ptr[b+1]``
+==============  ===========  =======  ====================================================
+
+The edge vector is ``r_ij = positions[j] - positions[i] + cell_shifts @ cell[batch[i]]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import ase
+import numpy as np
+import torch
+import vesin
+
+
+class AtomicGraph(NamedTuple):
+    """One or several structures with their neighbour lists (see the module docstring)."""
+
+    positions: torch.Tensor
+    numbers: torch.Tensor
+    cell: torch.Tensor
+    pbc: torch.Tensor
+    edge_index: torch.Tensor
+    cell_shifts: torch.Tensor
+    batch: torch.Tensor
+    ptr: torch.Tensor
+
+    @property
+    def n_structures(self) -> int:
+        """Number of structures ``B`` in the graph."""
+        return int(self.ptr.shape[0]) - 1
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> AtomicGraph:
+        """Move to ``device``; cast the floating-point fields to ``dtype`` when given."""
+        fields = []
+        for name, value in zip(self._fields, self, strict=True):
+            is_float = name in ("positions", "cell", "cell_shifts")
+            fields.append(value.to(device=device, dtype=dtype if is_float else None))
+        return AtomicGraph(*fields)
+
+
+def edge_vectors(graph: AtomicGraph) -> torch.Tensor:
+    """Vectors from atom ``i`` to neighbour ``j`` for every edge, shape (E, 3), in Å."""
+    i, j = graph.edge_index[0], graph.edge_index[1]
+    cell_of_edge = graph.cell[graph.batch[i]]  # (E, 3, 3)
+    shift = torch.bmm(graph.cell_shifts.unsqueeze(1), cell_of_edge).squeeze(1)
+    return graph.positions[j] - graph.positions[i] + shift
+
+
+def from_atoms(
+    atoms: ase.Atoms, cutoff: float, dtype: torch.dtype = torch.float32
+) -> AtomicGraph:
+    """Build the graph of one structure with a vesin neighbour list.
+
+    Parameters
+    ----------
+    atoms
+        The structure; ``atoms.pbc`` decides which directions are periodic.
+    cutoff
+        Neighbour cutoff radius in Å.
+    dtype
+        Floating-point dtype of positions, cell and shifts.
+
+    Returns
+    -------
+    AtomicGraph
+        A graph holding one structure (``B = 1``).
+    """
+    positions = np.ascontiguousarray(atoms.get_positions(), dtype=np.float64)
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = np.asarray(atoms.cell[:], dtype=np.float64)
+    if pbc.any() and abs(np.linalg.det(cell)) < 1e-9:
+        raise ValueError(
+            f"structure {atoms.get_chemical_formula()} is periodic (pbc={pbc.tolist()}) but "
+            "its cell has zero volume: set a cell or make it non-periodic"
+        )
+    if not pbc.any():
+        # A molecule's cell carries no physics; a zero cell keeps the graph free of it.
+        cell = np.zeros((3, 3))
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = nl.compute(points=positions, box=cell, periodic=pbc, quantities="ijS")
+    n = len(atoms)
+    return AtomicGraph(
+        positions=torch.tensor(positions, dtype=dtype),
+        numbers=torch.tensor(atoms.numbers, dtype=torch.long),
+        cell=torch.tensor(cell, dtype=dtype).unsqueeze(0),
+        pbc=torch.tensor(pbc).unsqueeze(0),
+        edge_index=torch.tensor(np.stack([i, j]), dtype=torch.long).reshape(2, -1),
+        cell_shifts=torch.tensor(shifts, dtype=dtype).reshape(-1, 3),
+        batch=torch.zeros(n, dtype=torch.long),
+        ptr=torch.tensor([0, n], dtype=torch.long),
+    )
+
+
+def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
+    """Concatenate graphs into one disjoint-union graph (atom indices offset per structure)."""
+    if len(graphs) == 1:
+        return graphs[0]
+    n_atoms = torch.tensor([g.positions.shape[0] for g in graphs])
+    n_structs = torch.tensor([g.n_structures for g in graphs])
+    atom_offsets = torch.cumsum(n_atoms, 0) - n_atoms
+    struct_offsets = torch.cumsum(n_structs, 0) - n_structs
+    edge_index = torch.cat(
+        [g.edge_index + off for g, off in zip(graphs, atom_offsets.tolist(), strict=True)], 1
+    )
+    batch = torch.cat(
+        [g.batch + off for g, off in zip(graphs, struct_offsets.tolist(), strict=True)]
+    )
+    ptr = torch.cat(
+        [graphs[0].ptr[:1]]
+        + [g.ptr[1:] + off for g, off in zip(graphs, atom_offsets.tolist(), strict=True)]
+    )
+    return AtomicGraph(
+        positions=torch.cat([g.positions for g in graphs]),
+        numbers=torch.cat([g.numbers for g in graphs]),
+        cell=torch.cat([g.cell for g in graphs]),
+        pbc=torch.cat([g.pbc for g in graphs]),
+        edge_index=edge_index,
+        cell_shifts=torch.cat([g.cell_shifts for g in graphs]),
+        batch=batch,
+        ptr=ptr,
+    )
