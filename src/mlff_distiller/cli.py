@@ -1,0 +1,108 @@
+"""``mlff-distill``: one verb per stage, and ``run`` for all of them.
+
+Every verb takes a config file (or a run directory, whose ``config.yaml`` is used) and any
+number of ``key.path=value`` overrides, e.g.::
+
+    mlff-distill run configs/quickstart.yaml training.epochs=5 run_dir=runs/try
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mlff_distiller import pipeline
+from mlff_distiller.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    help="Distil a large pretrained interatomic potential into a small, fast PaiNN student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[
+    Path, typer.Argument(help="Config YAML, or a run directory holding config.yaml.")
+]
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="Overrides as key.path=value (YAML values).")
+]
+AcceptChanges = Annotated[
+    bool,
+    typer.Option(
+        "--accept-changes",
+        help="Continue a run directory whose stored config differs from this one.",
+    ),
+]
+
+
+def _config(path: Path, overrides: list[str] | None) -> Config:
+    if path.is_dir():
+        path = path / "config.yaml"
+    return load_config(path, overrides or [])
+
+
+def _run_stages(
+    path: Path, overrides: list[str] | None, stages: tuple[str, ...], accept: bool
+) -> None:
+    try:
+        config = _config(path, overrides)
+        pipeline.prepare_run_dir(config, accept_changes=accept)
+        if config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        pipeline.run(config, console, stages)
+    except KeyboardInterrupt:
+        err_console.print(
+            "[yellow]stopped[/]: everything finished so far is saved; run the same command "
+            "again to continue"
+        )
+        raise typer.Exit(130) from None
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+    """Run every stage that is not done yet (generate, label, train, evaluate)."""
+    _run_stages(config, overrides, pipeline.STAGES, accept_changes)
+
+
+@app.command()
+def generate(
+    config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False
+):
+    """Build the structures: molecules and crystals, rattled and teacher-MD frames."""
+    _run_stages(config, overrides, ("generate",), accept_changes)
+
+
+@app.command()
+def label(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+    """Label the structures with the teacher (resumable shards) and pack the dataset."""
+    _run_stages(config, overrides, ("label",), accept_changes)
+
+
+@app.command()
+def train(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+    """Train the student on the teacher's labels (resumes from the last checkpoint)."""
+    _run_stages(config, overrides, ("train",), accept_changes)
+
+
+@app.command()
+def evaluate(
+    config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False
+):
+    """Score the student against the teacher on held-out systems; print the table."""
+    _run_stages(config, overrides, ("evaluate",), accept_changes)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
