@@ -37,10 +37,10 @@ def distillation_loss(
     energy = torch.mean(e_err**2)
     forces = torch.mean((pred[keys.FORCES] - targets[keys.FORCES]) ** 2)
     loss = energy_weight * energy + force_weight * forces
-    parts = {"energy": float(energy), "forces": float(forces)}
+    parts = {"energy": float(energy.detach()), "forces": float(forces.detach())}
     mask = targets["has_stress"]
     if stress_weight > 0 and bool(mask.any()):
         stress = torch.mean((pred[keys.STRESS][mask] - targets[keys.STRESS][mask]) ** 2)
         loss = loss + stress_weight * stress
-        parts["stress"] = float(stress)
+        parts["stress"] = float(stress.detach())
     return loss, parts

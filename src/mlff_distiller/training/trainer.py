@@ -105,7 +105,15 @@ class Trainer:
         if not (self.last_path.is_file() and self.student_path.is_file()):
             return False
         state = torch.load(self.last_path, map_location="cpu", weights_only=True)
-        return bool(state.get("finished"))
+        return self._finished(state)
+
+    def _finished(self, state: dict[str, Any]) -> bool:
+        # Judged against the current config, so raising ``epochs`` continues a finished run.
+        if not state["history"]:
+            return False
+        last = state["history"][-1]
+        elapsed = sum(row["seconds"] for row in state["history"])
+        return bool(self._stop_reason(last["epoch"], last["lr"], elapsed))
 
     def _save(self, path: Path, state: dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
@@ -140,6 +148,7 @@ class Trainer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"].cpu())
+            state["finished"] = self._finished(state)
             self.console.print(f"resuming training after epoch {state['epoch']}")
 
         log_dir = self.run_dir / "logs"
