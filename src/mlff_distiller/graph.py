@@ -73,9 +73,7 @@ def edge_vectors(graph: AtomicGraph) -> torch.Tensor:
     return graph.positions[j] - graph.positions[i] + shift
 
 
-def from_atoms(
-    atoms: ase.Atoms, cutoff: float, dtype: torch.dtype = torch.float32
-) -> AtomicGraph:
+def from_atoms(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype = torch.float32) -> AtomicGraph:
     """Build the graph of one structure with a vesin neighbour list.
 
     Parameters

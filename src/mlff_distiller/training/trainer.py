@@ -250,7 +250,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             ema.update_parameters(model)
-            total += float(loss) * graph.n_structures
+            total += float(loss.detach()) * graph.n_structures
             count += graph.n_structures
         return total / count
 
