@@ -45,9 +45,9 @@ def test_unknown_key_is_one_clear_error(tmp_path):
 def test_unknown_override_and_bad_value():
     with pytest.raises(ConfigError, match="unknown key 'modle'"):
         load_config(None, ["modle.n_features=3"])
-    with pytest.raises(ConfigError, match="'training.epochs'"):
+    with pytest.raises(ConfigError, match=r"'training\.epochs'"):
         load_config(None, ["training.epochs=many"])
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
         load_config(None, ["training.epochs"])
 
 

@@ -77,9 +77,7 @@ def run(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptCh
 
 
 @app.command()
-def generate(
-    config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False
-):
+def generate(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
     """Build the structures: molecules and crystals, rattled and teacher-MD frames."""
     _run_stages(config, overrides, ("generate",), accept_changes)
 
@@ -97,9 +95,7 @@ def train(config: ConfigArg, overrides: Overrides = None, accept_changes: Accept
 
 
 @app.command()
-def evaluate(
-    config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False
-):
+def evaluate(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
     """Score the student against the teacher on held-out systems; print the table."""
     _run_stages(config, overrides, ("evaluate",), accept_changes)
 
