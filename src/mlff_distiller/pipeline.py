@@ -163,13 +163,15 @@ def label(config: Config, console: Console) -> None:
     """Label every generated frame with the teacher (shards), then pack the dataset."""
     run_dir = Path(config.run_dir)
     dataset_path = run_dir / "data" / "dataset.h5"
-    if dataset_path.is_file():
-        console.print(f"label: done ({len(load_dataset(dataset_path))} structures)")
-        return
     structures = read_structures(config)
     store = LabelStore(run_dir / "data")
     done = store.labelled_indices(config.teacher.name)
     todo = [k for k in range(len(structures)) if k not in done]
+    if not todo and dataset_path.is_file():
+        n_packed = len(load_dataset(dataset_path))
+        if n_packed == len(structures):
+            console.print(f"label: done ({n_packed} structures)")
+            return
     if todo:
         from mlff_distiller.teachers import get_teacher
         from mlff_distiller.teachers.base import check_elements
