@@ -68,6 +68,7 @@ def test_run_all_stages_then_continue(tmp_path):
         "model/student.pt",
         "logs/metrics.csv",
         "report/parity.png",
+        "report/learning_curves.png",
     ):
         assert (run / produced).is_file(), produced
     assert len((run / "logs" / "metrics.csv").read_text().splitlines()) == 1 + 2

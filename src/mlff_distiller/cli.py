@@ -15,8 +15,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from mlff_distiller import pipeline
-from mlff_distiller.config import Config, ConfigError, load_config
+from mlff_distiller import __version__, pipeline
+from mlff_distiller.config import Config, load_config
+from mlff_distiller.structures.samplers import MDInstabilityError
+from mlff_distiller.teachers.base import LabellingError
 
 app = typer.Typer(
     help="Distil a large pretrained interatomic potential into a small, fast PaiNN student.",
@@ -65,9 +67,27 @@ def _run_stages(
             "again to continue"
         )
         raise typer.Exit(130) from None
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ValueError, FileNotFoundError, LabellingError, MDInstabilityError) as exc:
         err_console.print(f"[red]error[/]: {exc}")
         raise typer.Exit(2) from None
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"mlff-distiller {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Distil a large pretrained interatomic potential into a small, fast PaiNN student."""
 
 
 @app.command()

@@ -226,7 +226,7 @@ def evaluate(config: Config, console: Console) -> dict[str, Any]:
     else:
         metrics = run_evaluation(config, Path(config.run_dir))
     print_metrics(metrics, console)
-    console.print(f"report: {path} and {path.with_name('parity.png')}")
+    console.print(f"report: {path}, plots in {path.parent}")
     return metrics
 
 

@@ -81,3 +81,22 @@ def error_metrics(
             s_err = pred[keys.STRESS][mask] - arrays[keys.TEACHER_STRESS][mask]
             metrics["stress_mae_gpa"] = float(np.mean(np.abs(s_err)) / GPa)
     return metrics
+
+
+def per_system_errors(
+    pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Energy MAE (meV/atom) and force RMSE (eV/Å) of every system, to find the hard ones."""
+    n_atoms = np.diff(arrays["ptr"])
+    e_err = np.abs(pred[keys.ENERGY] - arrays[keys.TEACHER_ENERGY]) / n_atoms
+    f_sq = np.sum((pred[keys.FORCES] - arrays[keys.TEACHER_FORCES]) ** 2, axis=1)
+    atom_system = np.repeat(arrays[keys.SYSTEM_ID], n_atoms)
+    out = {}
+    for system in sorted(set(arrays[keys.SYSTEM_ID].tolist())):
+        frames = arrays[keys.SYSTEM_ID] == system
+        atoms = atom_system == system
+        out[system] = {
+            "energy_mae_mev_per_atom": float(np.mean(e_err[frames]) * 1000),
+            "force_rmse_ev_per_a": float(np.sqrt(np.mean(f_sq[atoms]) / 3)),
+        }
+    return out

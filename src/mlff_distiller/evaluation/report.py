@@ -22,7 +22,7 @@ from mlff_distiller.config import Config
 from mlff_distiller.data.batching import GraphSet
 from mlff_distiller.data.dataset import load_dataset
 from mlff_distiller.deploy.artefact import load_student
-from mlff_distiller.evaluation.metrics import error_metrics, predict_set
+from mlff_distiller.evaluation.metrics import error_metrics, per_system_errors, predict_set
 
 
 def evaluate(config: Config, run_dir: Path) -> dict[str, Any]:
@@ -49,6 +49,7 @@ def evaluate(config: Config, run_dir: Path) -> dict[str, Any]:
         "n_test_atoms": int(test.n_atoms().sum()),
         "test_systems": test.systems(),
         **error_metrics(pred, test.arrays),
+        "per_system": per_system_errors(pred, test.arrays),
         "student": {
             "architecture": type(model).__name__,
             **model.hyperparameters,
@@ -65,12 +66,38 @@ def evaluate(config: Config, run_dir: Path) -> dict[str, Any]:
     }
     report = run_dir / "report"
     write_json(report / "metrics.json", metrics)
-    plot_parity(pred, test.arrays, report / "parity.png", dataset.teacher_name)
+    plot_parity(pred, test.arrays, report / "parity.png", dataset.teacher_name, metrics)
+    if (run_dir / "logs" / "metrics.csv").is_file():
+        plot_learning_curves(run_dir / "logs" / "metrics.csv", report / "learning_curves.png")
     return metrics
 
 
+def plot_learning_curves(csv_path: Path, path: Path) -> None:
+    """Validation energy and force errors and the learning rate per epoch."""
+    rows = np.genfromtxt(csv_path, delimiter=",", names=True)
+    rows = np.atleast_1d(rows)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
+    panels = (
+        ("val_energy_mae_mev_per_atom", "validation energy MAE (meV/atom)"),
+        ("val_force_rmse_ev_per_a", "validation force RMSE (eV/Å)"),
+        ("lr", "learning rate"),
+    )
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        ax.plot(rows["epoch"], rows[column], marker=".")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
 def plot_parity(
-    pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray], path: Path, teacher: str
+    pred: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray],
+    path: Path,
+    teacher: str,
+    metrics: dict[str, Any],
 ) -> None:
     """Student against teacher: energy per atom and force components, side by side."""
     n_atoms = np.diff(arrays["ptr"])
@@ -79,10 +106,16 @@ def plot_parity(
     f_ref = arrays[keys.TEACHER_FORCES].ravel()
     f_pred = pred[keys.FORCES].ravel()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), constrained_layout=True)
-    for ax, ref, est, label in (
-        (axes[0], e_ref, e_pred, "energy (eV/atom)"),
-        (axes[1], f_ref, f_pred, "force component (eV/Å)"),
+    notes = (
+        f"MAE {metrics['energy_mae_mev_per_atom']:.1f} meV/atom",
+        f"MAE {metrics['force_mae_ev_per_a']:.3f} eV/Å\n"
+        f"RMSE {metrics['force_rmse_ev_per_a']:.3f} eV/Å",
+    )
+    for ax, ref, est, label, note in (
+        (axes[0], e_ref, e_pred, "energy (eV/atom)", notes[0]),
+        (axes[1], f_ref, f_pred, "force component (eV/Å)", notes[1]),
     ):
+        ax.text(0.04, 0.96, note, transform=ax.transAxes, va="top")
         lo, hi = float(min(ref.min(), est.min())), float(max(ref.max(), est.max()))
         ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
         ax.scatter(ref, est, s=4, alpha=0.5)
