@@ -120,7 +120,15 @@ def test_ctrl_c_stops_cleanly_and_the_run_continues(tmp_path):
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "mlff_distiller.cli", "run", str(path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    # A shell that starts jobs in the background (as CI may) makes them ignore SIGINT, and
+    # Python then never turns Ctrl-C into KeyboardInterrupt: give the child the default.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
