@@ -87,10 +87,13 @@ def _system_builders(config: Config) -> list[tuple[str, Callable[[], ase.Atoms]]
     return builders
 
 
+def _system_file(config: Config, k: int) -> Path:
+    return Path(config.run_dir) / "structures" / f"system-{k:04d}.extxyz"
+
+
 def system_paths(config: Config) -> list[Path]:
     """One extxyz file per system, in config order."""
-    n = len(_system_builders(config))
-    return [Path(config.run_dir) / "structures" / f"system-{k:04d}.extxyz" for k in range(n)]
+    return [_system_file(config, k) for k in range(len(_system_builders(config)))]
 
 
 def generate(config: Config, console: Console) -> None:
@@ -100,7 +103,7 @@ def generate(config: Config, console: Console) -> None:
 
     cfg = config.structures
     builders = _system_builders(config)
-    paths = system_paths(config)
+    paths = [_system_file(config, k) for k in range(len(builders))]
     todo = [k for k, p in enumerate(paths) if not p.is_file()]
     if not todo:
         console.print(f"generate: done ({len(paths)} systems)")
