@@ -7,6 +7,7 @@ kill, a crash) continues where it stopped when run again.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,6 @@ def train(config: Config, console: Console) -> None:
 
 def evaluate(config: Config, console: Console) -> dict[str, Any]:
     """Score the student on the held-out test systems and print the metrics table."""
-    import json
-
     from mlff_distiller.evaluation.report import evaluate as run_evaluation
     from mlff_distiller.evaluation.report import print_metrics
 

@@ -31,8 +31,7 @@ def predict_set(
         if stress:
             s = pred[keys.STRESS] if periodic else torch.full((graph.n_structures, 3, 3), torch.nan)
             out[keys.STRESS].append(s.detach().double().cpu().numpy())
-    result = {k: np.concatenate(v) for k, v in out.items() if v}
-    return result
+    return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
 def error_metrics(
