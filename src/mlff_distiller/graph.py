@@ -144,3 +144,87 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         batch=batch,
         ptr=ptr,
     )
+
+
+def pad_graph(graph: AtomicGraph, n_atoms: int, n_edges: int, padding_length: float) -> AtomicGraph:
+    """Copy ``graph`` into a larger graph of fixed capacity whose padding changes nothing.
+
+    Static shapes let a forward/backward pass be captured once in a CUDA graph (or compiled)
+    and replayed for every later graph that fits the same capacities. The padding is one
+    extra structure (index ``B``) that owns every padding atom and edge:
+
+    - padding atoms have atomic number 0, sit at the origin and belong to structure ``B``;
+    - padding edges join the last padding atom to itself through cell shift ``(1, 0, 0)`` of
+      the padding structure's cubic cell of side ``padding_length``, so their length is
+      ``padding_length``: with ``padding_length`` beyond the model's cutoff they carry exactly
+      zero message and zero gradient (and no 0/0 at zero length);
+    - the padding structure's energy, forces and stress are discarded by the caller.
+
+    Parameters
+    ----------
+    graph
+        The real structures (``N`` atoms, ``E`` edges, ``B`` structures).
+    n_atoms
+        Atom capacity; at least ``N + 1`` (one padding atom anchors the padding edges).
+    n_edges
+        Edge capacity; at least ``E``.
+    padding_length
+        Length in Å of every padding edge; must exceed the model's cutoff.
+
+    Returns
+    -------
+    AtomicGraph
+        ``n_atoms`` atoms, ``n_edges`` edges and ``B + 1`` structures, on ``graph``'s device.
+    """
+    B = graph.n_structures
+    padded = AtomicGraph(
+        positions=graph.positions.new_zeros((n_atoms, 3)),
+        numbers=graph.numbers.new_zeros(n_atoms),
+        cell=graph.cell.new_zeros((B + 1, 3, 3)),
+        pbc=graph.pbc.new_zeros((B + 1, 3)),
+        edge_index=graph.edge_index.new_zeros((2, n_edges)),
+        cell_shifts=graph.cell_shifts.new_zeros((n_edges, 3)),
+        batch=graph.batch.new_zeros(n_atoms),
+        ptr=graph.ptr.new_zeros(B + 2),
+    )
+    copy_into_padded(padded, graph, padding_length)
+    return padded
+
+
+def copy_into_padded(padded: AtomicGraph, graph: AtomicGraph, padding_length: float) -> None:
+    """Overwrite the padded graph of :func:`pad_graph` in place with ``graph``.
+
+    Every field is written (real part and padding), so ``padded`` may hold another graph of
+    the same number of structures before. Only in-place copies and fills: the tensors keep
+    their storage, which is what a captured CUDA graph reads.
+
+    Raises
+    ------
+    ValueError
+        If ``graph`` does not fit the capacities of ``padded`` or has another number of
+        structures.
+    """
+    N, E, B = graph.positions.shape[0], graph.edge_index.shape[1], graph.n_structures
+    n_atoms, n_edges = padded.positions.shape[0], padded.edge_index.shape[1]
+    if n_atoms <= N or n_edges < E or padded.n_structures != B + 1:
+        raise ValueError(
+            f"a graph of {N} atoms, {E} edges and {B} structures does not fit capacities of "
+            f"{n_atoms - 1} atoms, {n_edges} edges and {padded.n_structures - 1} structures"
+        )
+    padded.positions[:N].copy_(graph.positions)
+    padded.positions[N:].zero_()
+    padded.numbers[:N].copy_(graph.numbers)
+    padded.numbers[N:].zero_()
+    padded.cell[:B].copy_(graph.cell)
+    padded.cell[B].copy_(torch.eye(3, dtype=padded.cell.dtype) * padding_length)
+    padded.pbc[:B].copy_(graph.pbc)
+    padded.pbc[B].fill_(False)
+    padded.edge_index[:, :E].copy_(graph.edge_index)
+    padded.edge_index[:, E:].fill_(n_atoms - 1)
+    padded.cell_shifts[:E].copy_(graph.cell_shifts)
+    padded.cell_shifts[E:].zero_()
+    padded.cell_shifts[E:, 0].fill_(1.0)
+    padded.batch[:N].copy_(graph.batch)
+    padded.batch[N:].fill_(B)
+    padded.ptr[: B + 1].copy_(graph.ptr)
+    padded.ptr[B + 1].fill_(n_atoms)

@@ -1,0 +1,302 @@
+"""The fast path of the student for MD: skin neighbour lists, static shapes, CUDA graphs.
+
+Eager PyTorch runs a small student as about a thousand tiny kernels per step, each launched
+from Python: for one molecule on a GPU the launches, not the arithmetic, set the time. The
+engine removes them:
+
+1. a :class:`~mlff_distiller.deploy.neighbours.SkinNeighbourList` keeps the edges until an
+   atom has moved half the skin, so most steps build no graph at all;
+2. the graph is padded to fixed capacities (:func:`mlff_distiller.graph.pad_graph`), with
+   headroom, so that its shapes stay the same from step to step;
+3. on CUDA, energy, forces and stress (:func:`mlff_distiller.models.predict.predict`, the one
+   place that derives them) are captured once in a CUDA graph and replayed; a capture is
+   redone only when the atoms or edges outgrow the capacities or the number of structures
+   changes. Optionally the model is first compiled with ``torch.compile`` (fewer, fused
+   kernels), then captured.
+
+On the CPU the engine runs ``predict`` eagerly on the unpadded graph: only the skin reuse
+applies there. Results equal the eager reference path to float32 round-off (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+
+from mlff_distiller.deploy.neighbours import SkinNeighbourList
+from mlff_distiller.graph import AtomicGraph, copy_into_padded, pad_graph
+from mlff_distiller.keys import ENERGY, FORCES, STRESS
+from mlff_distiller.models.predict import predict
+
+DEFAULT_SKIN = 1.0
+"""Default Verlet skin in Å: at 300 K a small molecule rebuilds every few tens of 0.5 fs steps."""
+
+DEFAULT_HEADROOM = 1.2
+"""Edge capacity of a capture as a multiple of the edges present when it is made."""
+
+
+class StudentEngine:
+    """Energies, forces and stress of a student for configurations that change step by step.
+
+    Parameters
+    ----------
+    model
+        The student, mapping an :class:`AtomicGraph` to per-atom energies. The engine keeps
+        its own frozen copy on ``device``; the caller's model is not changed.
+    device
+        Where the student runs.
+    skin
+        Verlet skin in Å of the neighbour list (0: rebuild at every call).
+    cuda_graph
+        Capture and replay CUDA graphs; ``None`` means "on CUDA devices".
+    compile
+        Compile the model with ``torch.compile`` before capture (CUDA only). Compilation
+        takes tens of seconds at the first call; it pays off for long runs.
+    headroom
+        Edge capacity of a capture relative to the current number of edges.
+
+    Attributes
+    ----------
+    captures : int
+        Number of CUDA-graph captures made so far.
+    capture_seconds : float
+        Wall time spent capturing (and compiling), in s.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device | str = "cpu",
+        skin: float = DEFAULT_SKIN,
+        cuda_graph: bool | None = None,
+        compile: bool = False,
+        headroom: float = DEFAULT_HEADROOM,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.dtype = next(self.model.parameters()).dtype
+        self.cutoff = float(self.model.cutoff)
+        self.neighbours = SkinNeighbourList(self.cutoff, skin)
+        self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+        if self.cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
+        self.compile = bool(compile)
+        self.headroom = float(headroom)
+        self.captures = 0
+        self.capture_seconds = 0.0
+        self._compiled: Any = None
+        self._captured: _CapturedPredict | None = None
+        self._graph: AtomicGraph | None = None
+        self._numbers: torch.Tensor | None = None
+
+    def compute(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        ptr: torch.Tensor,
+        stress: bool = False,
+        to_host: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Energy, forces and optionally stress of one or several structures.
+
+        Inputs may live on the host or on the device: the neighbour list is computed where
+        ``positions`` are (host positions, e.g. from ASE, are searched on the CPU), and only
+        what changed is copied to the device (positions and cell every call, edges after a
+        rebuild).
+
+        Parameters
+        ----------
+        positions
+            (N, 3) Å.
+        numbers
+            (N,) int64 atomic numbers. Pass the same tensor object while they do not change
+            (a new object is compared with the last one).
+        cell
+            (B, 3, 3) Å, vectors as rows; zeros for a non-periodic structure.
+        pbc
+            (B, 3) bool.
+        ptr
+            (B + 1,) int64: atoms of structure ``b`` are ``ptr[b]:ptr[b+1]``.
+        stress
+            Whether to return stress (NaN for structures whose cell has no volume).
+        to_host
+            Return float64 tensors on the host, brought back in one device-to-host copy.
+
+        Returns
+        -------
+        dict[str, torch.Tensor]
+            ``energy`` (B,) eV, ``forces`` (N, 3) eV/Å and, when asked, ``stress``
+            (B, 3, 3) eV/Å³ (ASE sign), on the engine's device (or the host with
+            ``to_host``). The tensors are the caller's.
+        """
+        edge_index, shifts, rebuilt = self.neighbours(positions, cell, pbc, ptr)
+        rebuilt = rebuilt or self._numbers_changed(numbers)
+        if rebuilt or self._graph is None:
+            n = positions.shape[0]
+            counts = ptr[1:] - ptr[:-1]
+            batch = torch.repeat_interleave(
+                torch.arange(counts.shape[0], device=ptr.device), counts, output_size=n
+            )
+            self._graph = AtomicGraph(
+                positions=positions,
+                numbers=numbers,
+                cell=cell,
+                pbc=pbc,
+                edge_index=edge_index,
+                cell_shifts=shifts,
+                batch=batch,
+                ptr=ptr,
+            ).to(self.device, self.dtype)
+            rebuilt = True
+        if self.cuda_graph:
+            packed = self._replay(positions, cell, rebuilt, stress)
+        else:
+            if not rebuilt:
+                self._graph = self._graph._replace(
+                    positions=positions.to(self.device, self.dtype),
+                    cell=cell.to(self.device, self.dtype),
+                )
+            out = predict(self.model, self._graph, forces=True, stress=stress, check_cells=False)
+            if not to_host:
+                return out
+            packed = torch.cat([value.reshape(-1) for value in out.values()])
+        return _unpack(
+            packed.to("cpu", torch.float64) if to_host else packed,
+            positions.shape[0],
+            ptr.shape[0] - 1,
+            stress,
+            padded=self.cuda_graph,
+            clone=self.cuda_graph and not to_host,
+        )
+
+    def _numbers_changed(self, numbers: torch.Tensor) -> bool:
+        """Whether the atomic numbers differ from the last call's (same tensor: no check)."""
+        last, self._numbers = self._numbers, numbers
+        if last is numbers:
+            return False
+        return (
+            last is None
+            or last.shape != numbers.shape
+            or not torch.equal(last.to(numbers.device), numbers)
+        )
+
+    def _replay(
+        self, positions: torch.Tensor, cell: torch.Tensor, rebuilt: bool, stress: bool
+    ) -> torch.Tensor:
+        """Replay (capturing first if needed); the packed outputs of the padded graph."""
+        graph = self._graph
+        assert graph is not None
+        captured = self._captured
+        if captured is None or not captured.fits(graph, stress):
+            if not rebuilt:
+                graph = self._graph = graph._replace(
+                    positions=positions.to(self.device, self.dtype),
+                    cell=cell.to(self.device, self.dtype),
+                )
+            n_edges = max(math.ceil(graph.edge_index.shape[1] * self.headroom), 16)
+            if captured is not None:
+                # Grow, never shrink: a capacity that was once needed is likely needed again.
+                n_edges = max(n_edges, captured.n_edges)
+            start = time.perf_counter()
+            self._captured = captured = _CapturedPredict(
+                self._model_for_capture(), graph, n_edges, stress, 2.0 * self.cutoff + 1.0
+            )
+            self.capture_seconds += time.perf_counter() - start
+            self.captures += 1
+        elif rebuilt:
+            captured.load(graph)
+        else:
+            # Straight from the caller's tensors (host or device) into the static buffers.
+            captured.static.positions[: positions.shape[0]].copy_(positions)
+            captured.static.cell[: cell.shape[0]].copy_(cell)
+        captured.graph.replay()
+        return captured.packed
+
+    def _model_for_capture(self) -> Any:
+        if not self.compile:
+            return self.model
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=False, fullgraph=True)
+        return self._compiled
+
+
+def _unpack(
+    packed: torch.Tensor,
+    n_atoms: int,
+    n_structures: int,
+    stress: bool,
+    padded: bool,
+    clone: bool,
+) -> dict[str, torch.Tensor]:
+    """Split ``[energy, forces, stress]`` flattened into one vector back into a dictionary.
+
+    ``padded``: the vector is the output of a padded capture (``B + 1`` structures and the
+    atom capacity) rather than exactly ``n_structures`` and ``n_atoms``. ``clone``: copy
+    the slices, so that the next replay cannot change what the caller holds.
+    """
+    n_packed_structures = n_structures + 1 if padded else n_structures
+    n_packed_atoms = (packed.shape[0] - n_packed_structures * (10 if stress else 1)) // 3
+    n_forces = 3 * n_packed_atoms
+    energy = packed[:n_packed_structures]
+    forces = packed[n_packed_structures : n_packed_structures + n_forces].view(-1, 3)
+    out = {ENERGY: energy[:n_structures], FORCES: forces[:n_atoms]}
+    if stress:
+        out[STRESS] = packed[n_packed_structures + n_forces :].view(-1, 3, 3)[:n_structures]
+    if clone:
+        out = {key: value.clone() for key, value in out.items()}
+    return out
+
+
+class _CapturedPredict:
+    """One CUDA graph of ``predict`` on a padded graph of fixed capacities."""
+
+    def __init__(
+        self,
+        model: Any,
+        graph: AtomicGraph,
+        n_edges: int,
+        stress: bool,
+        padding_length: float,
+    ) -> None:
+        self.n_atoms = graph.positions.shape[0] + 1
+        self.n_edges = n_edges
+        self.n_structures = graph.n_structures
+        self.stress = stress
+        self.padding_length = padding_length
+        self.static = pad_graph(graph, self.n_atoms, n_edges, padding_length)
+
+        def run() -> dict[str, torch.Tensor]:
+            return predict(model, self.static, forces=True, stress=stress, check_cells=False)
+
+        # Warm-up on a side stream (cuBLAS handles, autograd buffers, compilation), then
+        # capture: the documented recipe of torch.cuda.graphs.
+        side = torch.cuda.Stream(device=self.static.positions.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            outputs = run()
+            # One flat output, so that a host copy of the results is one transfer.
+            self.packed = torch.cat([value.reshape(-1) for value in outputs.values()])
+
+    def fits(self, graph: AtomicGraph, stress: bool) -> bool:
+        return (
+            stress == self.stress
+            and graph.n_structures == self.n_structures
+            and graph.positions.shape[0] < self.n_atoms
+            and graph.edge_index.shape[1] <= self.n_edges
+        )
+
+    def load(self, graph: AtomicGraph) -> None:
+        copy_into_padded(self.static, graph, self.padding_length)
