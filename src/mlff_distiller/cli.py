@@ -1,6 +1,6 @@
-"""``mlff-distill``: one verb per stage, and ``run`` for all of them.
+"""``mlff-distill``: one verb per stage, ``run`` for all of them, and ``export``.
 
-Every verb takes a config file (or a run directory, whose ``config.yaml`` is used) and any
+Every stage verb takes a config file (or a run directory, whose ``config.yaml`` is used) and any
 number of ``key.path=value`` overrides, e.g.::
 
     mlff-distill run configs/quickstart.yaml training.epochs=5 run_dir=runs/try
@@ -9,6 +9,7 @@ number of ``key.path=value`` overrides, e.g.::
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -118,6 +119,56 @@ def train(config: ConfigArg, overrides: Overrides = None, accept_changes: Accept
 def evaluate(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
     """Score the student against the teacher on held-out systems; print the table."""
     _run_stages(config, overrides, ("evaluate",), accept_changes)
+
+
+class ExportFormat(str, Enum):
+    """Formats of ``mlff-distill export``."""
+
+    torchscript = "torchscript"
+    aoti = "aoti"
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory, or a student.pt file.")],
+    format_: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="torchscript: one portable file for any device. aoti: compiled ahead of time "
+            "for this CPU with AOTInductor (faster; about a minute to build).",
+        ),
+    ] = ExportFormat.torchscript,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write; by default beside the student: "
+            "RUN/model/student.torchscript.pt (or student.aoti.pt2).",
+        ),
+    ] = None,
+):
+    """Write the student as one self-contained file that loads without this package."""
+    from mlff_distiller.deploy.export import export_student
+
+    try:
+        path = export_student(run, output, format_.value)
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[red]error[/]: {exc}")
+        raise typer.Exit(2) from None
+    except RuntimeError as exc:
+        if format_ is not ExportFormat.aoti:
+            raise
+        # AOTInductor needs a working C++ compiler, and torch.export may refuse a torch.
+        err_console.print(f"[red]error[/]: exporting {run} as {format_.value} failed: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {path} ({_file_size(path)})")
+
+
+def _file_size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,8 @@ def load_student(
         raise ValueError(f"{path}: not an mlff-distiller student file (expected {FORMAT})")
     if payload["architecture"] != PaiNN.__name__:
         raise ValueError(f"{path}: unknown architecture {payload['architecture']!r}")
-    model = PaiNN(**payload["hyperparameters"])
+    # Built in the saved dtype: load_state_dict would cast a float64 student to float32.
+    dtype = payload["state_dict"]["scale"].dtype
+    model = PaiNN(**payload["hyperparameters"]).to(dtype)
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload["metadata"]

@@ -49,6 +49,9 @@ class StudentCalculator(Calculator):
     compile
         Compile the student with ``torch.compile`` before CUDA-graph capture (CUDA only;
         tens of seconds at the first call).
+    cuda_graph
+        Replay CUDA graphs (default: on CUDA devices). False gives the eager path, for
+        comparison or debugging.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress")
@@ -60,12 +63,15 @@ class StudentCalculator(Calculator):
         device: torch.device | str = "cpu",
         skin: float = DEFAULT_SKIN,
         compile: bool = False,
+        cuda_graph: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.device = torch.device(device)
         self.metadata = metadata or {}
-        self.engine = StudentEngine(model, self.device, skin=skin, compile=compile)
+        self.engine = StudentEngine(
+            model, self.device, skin=skin, compile=compile, cuda_graph=cuda_graph
+        )
         self.model = self.engine.model
         self.dtype = self.engine.dtype
         self.cutoff = self.engine.cutoff

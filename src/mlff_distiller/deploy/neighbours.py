@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import vesin.torch
+from vesin_torch import NeighborList
 
 
 class SkinNeighbourList:
@@ -50,7 +50,7 @@ class SkinNeighbourList:
         self.skin = float(skin)
         self.builds = 0
         self.calls = 0
-        self._nl = vesin.torch.NeighborList(cutoff=self.cutoff + self.skin, full_list=True)
+        self._nl = NeighborList(cutoff=self.cutoff + self.skin, full_list=True)
         self._reference: tuple[torch.Tensor, ...] | None = None
         self._edges: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -136,7 +136,9 @@ class SkinNeighbourList:
             if not is_periodic:
                 continue
             start, stop = bounds[b], bounds[b + 1]
-            i, j, s = self._nl.compute(x[start:stop], boxes[b], pbc[b], quantities="ijS")
+            # vesin-torch reads the flags' memory ignoring strides: pass a contiguous copy.
+            flags = pbc[b].contiguous()
+            i, j, s = self._nl.compute(x[start:stop], boxes[b], flags, quantities="ijS")
             edges.append(torch.stack([i, j]).to(torch.int64) + start)
             shifts.append(s)
         molecules = [b for b, is_periodic in enumerate(periodic) if not is_periodic]

@@ -6,6 +6,7 @@ vectors), and ``stress = (1/V) dE/d eps`` at ``eps = 0``. That is ASE's conventi
 compressed cell has negative stress and ``pressure = -trace(stress) / 3``.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,7 @@ def predict(
     forces: bool = True,
     stress: bool = False,
     create_graph: bool = False,
+    check_cells: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Total energies and, by autograd, forces and stress of every structure in ``graph``.
 
@@ -41,6 +43,10 @@ def predict(
         Keep the autograd graph of forces and stress, so that a loss on them can be
         backpropagated into the parameters (training). When False and derivatives are taken,
         every returned tensor is detached.
+    check_cells
+        With ``stress``, refuse cells of zero volume with a clear error. The check reads the
+        volumes on the host, which synchronises with the device; static-shape engines (CUDA
+        graph capture) pass False and get NaN stress for zero-volume cells instead.
 
     Returns
     -------
@@ -54,12 +60,13 @@ def predict(
         If stress is asked for a structure whose cell has zero volume (a molecule).
     """
     n_structures = graph.n_structures
+    cell = graph.cell
     if not (forces or stress):
         atomic = _per_atom_energies(model, graph)
-        return {ENERGY: _sum_per_structure(atomic, graph.batch, n_structures)}
+        return {ENERGY: sum_per_structure(atomic, graph.batch, n_structures)}
 
-    if stress:
-        volume = torch.linalg.det(graph.cell).abs()
+    if stress and check_cells:
+        volume = cell_volume(cell)
         flat_cells = torch.nonzero(volume <= _MIN_VOLUME).flatten().tolist()
         if flat_cells:
             raise ValueError(
@@ -74,39 +81,137 @@ def predict(
             # A caller's positions that already require grad are kept, so that higher
             # derivatives (e.g. Hessian-vector products) reach them.
             positions = positions.detach().requires_grad_(True)
-        inputs = [positions] if forces else []
+        displacement: torch.Tensor | None = None
         if stress:
-            displacement = torch.zeros(
-                (n_structures, 3, 3),
-                dtype=positions.dtype,
-                device=positions.device,
-                requires_grad=True,
-            )
-            inputs.append(displacement)
-            strain = 0.5 * (displacement + displacement.transpose(1, 2))
-            strained = positions + torch.bmm(
-                positions.unsqueeze(1), strain.index_select(0, graph.batch)
-            ).squeeze(1)
-            cell = graph.cell + torch.bmm(graph.cell, strain)
-            graph = graph._replace(positions=strained, cell=cell)
+            displacement = zero_displacement(n_structures, positions)
+            strained_positions, strained_cell = strain(positions, cell, graph.batch, displacement)
+            graph = graph._replace(positions=strained_positions, cell=strained_cell)
         else:
             graph = graph._replace(positions=positions)
-
-        energy = _sum_per_structure(_per_atom_energies(model, graph), graph.batch, n_structures)
-        grads = torch.autograd.grad(
-            [energy.sum()],
-            inputs,
-            create_graph=create_graph,
-            retain_graph=create_graph,
-            materialize_grads=True,
+        energy = sum_per_structure(_per_atom_energies(model, graph), graph.batch, n_structures)
+        force, stress_tensor = derivatives(
+            energy, positions, displacement, cell, forces, create_graph
         )
 
     out = {ENERGY: energy if create_graph else energy.detach()}
-    if forces:
-        out[FORCES] = -grads[0]
-    if stress:
-        out[STRESS] = grads[-1] / volume.view(-1, 1, 1)
+    if force is not None:
+        out[FORCES] = force
+    if stress_tensor is not None:
+        out[STRESS] = stress_tensor
     return out
+
+
+# The functions below are the whole of the strain trick and of the autograd step. They are
+# TorchScript-compatible so that the exported student (mlff_distiller.deploy.export) runs
+# this very code instead of a copy: no global constants in their bodies (TorchScript cannot
+# read them; defaults are fine), no `torch.enable_grad()` (callers set the grad mode), and
+# `torch.autograd.grad` without `materialize_grads` (TorchScript lacks it; unused inputs get
+# zeros here instead).
+
+
+def zero_displacement(n_structures: int, positions: torch.Tensor) -> torch.Tensor:
+    """The strain-trick leaf: zeros (B, 3, 3) in the dtype and on the device of ``positions``.
+
+    It requires grad; ``stress = (1/V) dE/d displacement`` at this zero displacement.
+    """
+    return torch.zeros(
+        (n_structures, 3, 3), dtype=positions.dtype, device=positions.device
+    ).requires_grad_(True)
+
+
+def strain(
+    positions: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor, displacement: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deform positions and cells by the symmetrised displacement: ``x -> x (1 + eps)``.
+
+    Parameters
+    ----------
+    positions
+        (N, 3) in Å.
+    cell
+        (B, 3, 3) in Å, vectors as rows.
+    batch
+        (N,) structure of every atom.
+    displacement
+        (B, 3, 3), dimensionless; its symmetric part ``eps`` is the strain of each structure.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        Strained positions (N, 3) and cells (B, 3, 3) in Å; equal to the inputs in value at
+        zero displacement, but differentiable with respect to it.
+    """
+    eps = 0.5 * (displacement + displacement.transpose(1, 2))
+    strained = positions + torch.bmm(positions.unsqueeze(1), eps.index_select(0, batch)).squeeze(1)
+    return strained, cell + torch.bmm(cell, eps)
+
+
+def derivatives(
+    energy: torch.Tensor,
+    positions: torch.Tensor,
+    displacement: torch.Tensor | None,
+    cell: torch.Tensor,
+    forces: bool,
+    create_graph: bool,
+    min_volume: float = _MIN_VOLUME,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Forces and stress from the total energies by one call of :func:`torch.autograd.grad`.
+
+    Parameters
+    ----------
+    energy
+        Total energies (B,) in eV, computed from ``positions`` (and, for stress, strained by
+        ``displacement`` with :func:`strain`) with grad enabled.
+    positions
+        The unstrained positions (N, 3) in Å: the autograd leaf of the forces.
+    displacement
+        The leaf of :func:`zero_displacement` for stress, or None for no stress.
+    cell
+        The unstrained cells (B, 3, 3) in Å, for the volumes.
+    forces
+        Whether to compute forces.
+    create_graph
+        Keep the autograd graph of the results (for a loss on them); otherwise the results
+        are detached and the graph is freed.
+    min_volume
+        Cells of this volume (Å³) or less get NaN stress.
+
+    Returns
+    -------
+    tuple
+        Forces (N, 3) in eV/Å, or None when not asked; stress (B, 3, 3) in eV/Å³ (ASE
+        sign), or None without ``displacement``. An input the energy does not depend on
+        gets zero derivatives, not an error.
+    """
+    inputs = [positions] if forces else []
+    if displacement is not None:
+        inputs.append(displacement)
+    grads = torch.autograd.grad(
+        [energy.sum()],
+        inputs,
+        retain_graph=create_graph,
+        create_graph=create_graph,
+        allow_unused=True,
+    )
+    force: torch.Tensor | None = None
+    if forces:
+        force = -_zeros_if_none(grads[0], positions)
+    stress: torch.Tensor | None = None
+    if displacement is not None:
+        volume = cell_volume(cell.detach()).view(-1, 1, 1)
+        nan = torch.full_like(volume, math.nan)
+        volume = torch.where(volume > min_volume, volume, nan)
+        stress = _zeros_if_none(grads[-1], displacement) / volume
+    return force, stress
+
+
+def cell_volume(cell: torch.Tensor) -> torch.Tensor:
+    """Volumes (B,) in Å³ of cells (B, 3, 3) with vectors as rows.
+
+    The triple product, not ``torch.linalg.det``: a few elementwise kernels with no solver
+    workspace, so it can be captured in a CUDA graph.
+    """
+    return torch.sum(cell[:, 0] * torch.linalg.cross(cell[:, 1], cell[:, 2], dim=-1), -1).abs()
 
 
 def _per_atom_energies(
@@ -123,6 +228,13 @@ def _per_atom_energies(
     return model(graph)
 
 
-def _sum_per_structure(atomic: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
+def sum_per_structure(atomic: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
     """Sum per-atom values (N,) into per-structure totals (n,)."""
     return atomic.new_zeros(n).index_add(0, batch, atomic)
+
+
+def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The gradient, or zeros shaped like its input when the output does not depend on it."""
+    if grad is None:
+        return torch.zeros_like(like)
+    return grad

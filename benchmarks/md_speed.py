@@ -1,0 +1,462 @@
+"""MD speed of the student beside its teachers, size-resolved, in one process.
+
+What is timed (see ``../shared/design/BENCHMARKING.md``):
+
+- **single**: one structure through ASE's velocity Verlet (0.5 fs, positions change every
+  step, so no calculator cache is ever hit), for each system of ``benchmarks/systems.py``
+  (peptides of 33 to 1,003 atoms, a periodic water box of 3,000 atoms) and each engine:
+  ``student-fast`` (the default calculator: skin neighbour list, CUDA-graph replay on a GPU),
+  ``student-compiled`` (the same after ``torch.compile``, GPU only), ``student-eager`` (the
+  pre-engine path: neighbour list rebuilt and eager PyTorch at every step), and the teachers
+  ``sevennet`` (SevenNet-0's own ASE calculator) and ``chgnet`` where installed.
+  Engines are measured alternately, in ``--rounds`` blocks of about ``--block-seconds``
+  each, continuing their own trajectories; the median block rate is reported with every raw
+  block.
+- **batched**: R replicas of one molecule advanced together, through the student engine with a
+  velocity-Verlet loop on the device (``engine-verlet``) and through TorchSim's NVT Langevin
+  integrator with the student's ``ModelInterface`` (``torchsim-nvt``) where torch-sim is
+  installed; atom-steps/s.
+
+The student has the seed architecture (128 features, 3 blocks, 20 radial functions, 5 Å) or
+the quickstart's (64 features) with random weights: speed depends on the architecture and the
+number of edges, not on the weight values. Its output is scaled down (``scale = 0.01``) so that
+random forces stay weak: the atoms then move nearly ballistically at 300 K, which rebuilds the
+neighbour list more often than bonded MD does (a pessimistic case for the skin); rebuild
+counts are reported.
+
+Usage::
+
+    python benchmarks/md_speed.py --device cuda --out benchmarks/results/md_speed-h100.json
+    python benchmarks/md_speed.py --device cpu --systems ala3 ala10 ala30 --features 64 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import ase
+import numpy as np
+import torch
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+
+sys.path.insert(0, str(Path(__file__).parent))
+import systems
+
+from mlff_distiller.deploy.calculator import StudentCalculator
+from mlff_distiller.deploy.engine import StudentEngine
+from mlff_distiller.models import PaiNN
+
+TIMESTEP_FS = 0.5
+ELEMENTS = [1, 6, 7, 8]
+
+
+def student(n_features: int) -> PaiNN:
+    """A student of the seed (128) or quickstart (64) width with weak random forces."""
+    torch.manual_seed(0)
+    model = PaiNN(n_features=n_features, n_blocks=3, n_rbf=20, cutoff=5.0)
+    model.scale.fill_(0.01)
+    return model.eval()
+
+
+def make_calculator(
+    engine: str, n_features: int, device: str
+) -> ase.calculators.calculator.Calculator:
+    """An ASE calculator for one engine name (see the module docstring)."""
+    meta = {"elements": ELEMENTS}
+    if engine == "student-fast":
+        return StudentCalculator(student(n_features), meta, device=device)
+    if engine == "student-compiled":
+        return StudentCalculator(student(n_features), meta, device=device, compile=True)
+    if engine == "student-eager":
+        return StudentCalculator(
+            student(n_features), meta, device=device, skin=0.0, cuda_graph=False
+        )
+    if engine == "sevennet":
+        from mlff_distiller.teachers.sevenn import sevennet0_teacher
+
+        return sevennet0_teacher(device).calculator()
+    if engine == "chgnet":
+        from mlff_distiller.teachers.chgnet import chgnet_teacher
+
+        return chgnet_teacher(device).calculator()
+    raise ValueError(f"unknown engine {engine!r}")
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Trajectory:
+    """One engine's MD of one system, advanced block by block."""
+
+    def __init__(self, atoms: ase.Atoms, engine: str, n_features: int, device: str) -> None:
+        self.engine = engine
+        self.atoms = atoms.copy()
+        self.device = device
+        start = time.perf_counter()
+        self.atoms.calc = make_calculator(engine, n_features, device)
+        self.setup_seconds = time.perf_counter() - start
+        MaxwellBoltzmannDistribution(self.atoms, temperature_K=300, rng=np.random.default_rng(0))
+        self.md = VelocityVerlet(self.atoms, timestep=TIMESTEP_FS * ase.units.fs)
+        self.blocks: list[dict[str, float]] = []
+        self.peak_memory = 0
+        # First steps: capture or compilation, caches; timed separately.
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        self.md.run(3)
+        sync(device)
+        self.first_steps_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        self.md.run(2)
+        sync(device)
+        self.rate_guess = 2 / (time.perf_counter() - start)
+
+    def block(self, seconds: float) -> None:
+        steps = max(3, int(self.rate_guess * seconds))
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        sync(self.device)
+        start = time.perf_counter()
+        self.md.run(steps)
+        sync(self.device)
+        elapsed = time.perf_counter() - start
+        if self.device.startswith("cuda"):
+            self.peak_memory = max(self.peak_memory, torch.cuda.max_memory_allocated())
+        self.rate_guess = steps / elapsed
+        self.blocks.append({"steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed})
+
+    def summary(self) -> dict[str, Any]:
+        rate = statistics.median(b["steps_per_s"] for b in self.blocks)
+        out: dict[str, Any] = {
+            "engine": self.engine,
+            "steps_per_s": rate,
+            "ns_per_day": rate * TIMESTEP_FS * 86400 / 1e6,
+            "atom_steps_per_s": rate * len(self.atoms),
+            "setup_seconds": self.setup_seconds,
+            "first_steps_seconds": self.first_steps_seconds,
+            "blocks": self.blocks,
+            "finite": bool(np.isfinite(self.atoms.get_potential_energy())),
+        }
+        if self.device.startswith("cuda"):
+            out["peak_memory_mib"] = self.peak_memory / 2**20
+        calc = self.atoms.calc
+        if isinstance(calc, StudentCalculator):
+            engine = calc.engine
+            out.update(
+                captures=engine.captures,
+                capture_seconds=engine.capture_seconds,
+                neighbour_builds=engine.neighbours.builds,
+                neighbour_calls=engine.neighbours.calls,
+                skin=engine.neighbours.skin,
+            )
+        return out
+
+
+def single(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    for name in args.systems:
+        atoms = systems.load(name)
+        for n_features in args.features:
+            engines = [
+                e for e in args.engines if not (e == "student-compiled" and args.device == "cpu")
+            ]
+            runs = []
+            for engine in engines:
+                if engine in ("sevennet", "chgnet") and n_features != args.features[0]:
+                    continue  # teachers do not depend on the student's width
+                try:
+                    runs.append(Trajectory(atoms, engine, n_features, args.device))
+                except ImportError as exc:
+                    print(f"  skip {engine}: {exc}", flush=True)
+            for _ in range(args.rounds):
+                for run in runs:  # alternately, so that drifts of the machine hit all alike
+                    run.block(args.block_seconds)
+            row = {
+                "system": name,
+                "n_atoms": len(atoms),
+                "periodic": bool(atoms.pbc.all()),
+                "student_features": n_features,
+                "engines": [run.summary() for run in runs],
+            }
+            rates = {r["engine"]: r["steps_per_s"] for r in row["engines"]}
+            row["ratios"] = {
+                f"{a}/{b}": rates[a] / rates[b]
+                for a in rates
+                for b in rates
+                if a.startswith("student") and not b.startswith("student-fast") and a != b
+            }
+            print(json.dumps({k: v for k, v in row.items() if k != "engines"}), flush=True)
+            for r in row["engines"]:
+                print(f"  {r['engine']:17s} {r['steps_per_s']:10.1f} steps/s", flush=True)
+            results.append(row)
+    return results
+
+
+def engine_verlet(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Velocity Verlet of ``replicas`` copies, all on the device, through the student engine."""
+    device = args.device
+    engine = StudentEngine(student(args.features[0]), device)
+    n = len(atoms)
+    rng = np.random.default_rng(1)
+    positions = torch.tensor(np.tile(atoms.positions, (replicas, 1)), device=device)
+    masses = torch.tensor(np.tile(atoms.get_masses(), replicas), device=device).unsqueeze(-1)
+    kt = 300 * ase.units.kB
+    velocities = torch.tensor(rng.normal(size=(n * replicas, 3)), device=device) * torch.sqrt(
+        kt / masses
+    )
+    numbers = torch.tensor(np.tile(atoms.numbers, replicas), device=device)
+    cell = torch.zeros(replicas, 3, 3, dtype=torch.float64, device=device)
+    pbc = torch.zeros(replicas, 3, dtype=torch.bool, device=device)
+    ptr = torch.arange(replicas + 1, device=device) * n
+    dt = TIMESTEP_FS * ase.units.fs
+
+    def forces() -> torch.Tensor:
+        return engine.compute(positions, numbers, cell, pbc, ptr)["forces"].double()
+
+    def steps(k: int) -> None:
+        nonlocal positions, velocities
+        f = forces()
+        for _ in range(k):
+            velocities = velocities + 0.5 * dt * f / masses
+            positions = positions + dt * velocities
+            f = forces()
+            velocities = velocities + 0.5 * dt * f / masses
+
+    torch.cuda.reset_peak_memory_stats() if device.startswith("cuda") else None
+    start = time.perf_counter()
+    steps(3)
+    sync(device)
+    first = time.perf_counter() - start
+    rates = []
+    for _ in range(args.rounds):
+        k = 20
+        sync(device)
+        start = time.perf_counter()
+        steps(k)
+        sync(device)
+        rates.append(k / (time.perf_counter() - start))
+    rate = statistics.median(rates)
+    out = {
+        "engine": "engine-verlet",
+        "replicas": replicas,
+        "n_atoms_total": n * replicas,
+        "steps_per_s": rate,
+        "atom_steps_per_s": rate * n * replicas,
+        "first_steps_seconds": first,
+        "capture_seconds": engine.capture_seconds,
+        "neighbour_builds": engine.neighbours.builds,
+        "neighbour_calls": engine.neighbours.calls,
+        "raw_steps_per_s": rates,
+        "finite": bool(torch.isfinite(positions).all()),
+    }
+    if device.startswith("cuda"):
+        out["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def breakdown(args: argparse.Namespace) -> dict[str, float]:
+    """Where the time of one MD step of the fast calculator goes, in ms (``--batch-system``).
+
+    ``replay``: the CUDA graph alone; ``engine``: plus neighbour-list check and copies from
+    host arrays; ``calculator``: plus ASE's calculator machinery; ``md_step``: a whole
+    velocity-Verlet step.
+    """
+    atoms = systems.load(args.batch_system)
+    calc = make_calculator("student-fast", args.features[0], args.device)
+    atoms.calc = calc
+    engine = calc.engine
+    n = len(atoms)
+    inputs = (
+        torch.from_numpy(atoms.positions),
+        torch.from_numpy(atoms.numbers.astype(np.int64)),
+        torch.zeros(1, 3, 3, dtype=torch.float64),
+        torch.zeros(1, 3, dtype=torch.bool),
+        torch.tensor([0, n]),
+    )
+
+    def timed(fn, repeats: int = 300) -> float:
+        for _ in range(20):
+            fn()
+        sync(args.device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync(args.device)
+        return (time.perf_counter() - start) / repeats * 1e3
+
+    def move() -> None:
+        atoms.positions[0, 0] += 1e-7
+        atoms.get_forces()
+
+    out = {
+        "engine": timed(lambda: engine.compute(*inputs, to_host=True)),
+        "calculator": timed(move),
+    }
+    md = VelocityVerlet(atoms, timestep=TIMESTEP_FS * ase.units.fs)
+    out["md_step"] = timed(lambda: md.run(1))
+    if engine._captured is not None:
+        out["replay"] = timed(engine._captured.graph.replay)
+    print(json.dumps({"breakdown_ms": out}), flush=True)
+    return out
+
+
+def batched(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    atoms = systems.load(args.batch_system)
+    for replicas in args.replicas:
+        row = engine_verlet(atoms, replicas, args)
+        row["system"] = args.batch_system
+        print(json.dumps({k: v for k, v in row.items() if k != "raw_steps_per_s"}), flush=True)
+        results.append(row)
+        if _has_torchsim():
+            row = torchsim_nvt(atoms, replicas, args)
+            print(json.dumps(row), flush=True)
+            results.append(row)
+    return results
+
+
+def _has_torchsim() -> bool:
+    """Whether a torch-sim with the step-wise integrator API (0.4 and later) is installed."""
+    try:
+        import torch_sim
+    except ImportError:
+        return False
+    return hasattr(torch_sim, "nvt_langevin_step")
+
+
+def torchsim_nvt(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
+    """TorchSim NVT Langevin of ``replicas`` copies with the student's ModelInterface."""
+    import torch_sim as ts
+
+    from mlff_distiller.deploy.torchsim import StudentModel
+
+    device = args.device
+    model = StudentModel(student(args.features[0]), {"elements": ELEMENTS}, device=device)
+    kt = 300.0 * ts.units.MetalUnits.temperature
+    dt = TIMESTEP_FS * 1e-3 * ts.units.MetalUnits.time
+    state = ts.io.atoms_to_state([atoms] * replicas, model.device, model.dtype)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    state = ts.nvt_langevin_init(state, model, kT=kt)
+    for _ in range(3):
+        state = ts.nvt_langevin_step(state, model, dt=dt, kT=kt)
+    sync(device)
+    first = time.perf_counter() - start
+    rates = []
+    for _ in range(args.rounds):
+        k = 20
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(k):
+            state = ts.nvt_langevin_step(state, model, dt=dt, kT=kt)
+        sync(device)
+        rates.append(k / (time.perf_counter() - start))
+    rate = statistics.median(rates)
+    out = {
+        "engine": "torchsim-nvt",
+        "system": args.batch_system,
+        "replicas": replicas,
+        "n_atoms_total": len(atoms) * replicas,
+        "steps_per_s": rate,
+        "atom_steps_per_s": rate * len(atoms) * replicas,
+        "first_steps_seconds": first,
+        "capture_seconds": model.engine.capture_seconds,
+        "neighbour_builds": model.engine.neighbours.builds,
+        "neighbour_calls": model.engine.neighbours.calls,
+        "raw_steps_per_s": rates,
+        "finite": bool(torch.isfinite(state.positions).all()),
+    }
+    if device.startswith("cuda"):
+        out["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def environment(device: str) -> dict[str, Any]:
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "git_commit": commit or None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "versions": {
+            name: version(name)
+            for name in [
+                "torch",
+                "mlff-distiller",
+                "ase",
+                "vesin",
+                "vesin-torch",
+                "sevenn",
+                "chgnet",
+                "torch-sim-atomistic",
+                "numpy",
+            ]
+        },
+        "timestep_fs": TIMESTEP_FS,
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--systems", nargs="+", default=systems.ORDER)
+    parser.add_argument("--features", nargs="+", type=int, default=[128])
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=["student-fast", "student-compiled", "student-eager", "sevennet", "chgnet"],
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--block-seconds", type=float, default=2.0)
+    parser.add_argument("--replicas", nargs="*", type=int, default=[1, 8, 64, 512])
+    parser.add_argument("--batch-system", default="ala10")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    result: dict[str, Any] = {
+        "environment": environment(args.device),
+        "args": {**vars(args), "out": str(args.out)},
+    }
+    result["single"] = single(args)
+    if args.device.startswith("cuda"):
+        result["breakdown_ms"] = breakdown(args)
+    result["batched"] = batched(args) if args.replicas else []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
