@@ -17,17 +17,17 @@ What is timed (see ``../shared/design/BENCHMARKING.md``):
   integrator with the student's ``ModelInterface`` (``torchsim-nvt``) where torch-sim is
   installed; atom-steps/s.
 
-The student has the seed architecture (128 features, 3 blocks, 20 radial functions, 5 Å) or
-the quickstart's (64 features) with random weights: speed depends on the architecture and the
-number of edges, not on the weight values. Its output is scaled down (``scale = 0.01``) so that
-random forces stay weak: the atoms then move nearly ballistically at 300 K, which rebuilds the
-neighbour list more often than bonded MD does (a pessimistic case for the skin); rebuild
-counts are reported.
+``--students`` names trained students (run directories or ``student.pt`` files), so that the
+MD is real MD: bonded, at 300 K, with neighbour-list rebuilds as often as the chemistry makes
+them. A bare number instead gives a random student of that width (3 blocks, 20 radial
+functions, 5 Å) whose output is scaled down (``scale = 0.01``): its atoms fly nearly
+ballistically, which rebuilds the list more often than bonded MD (a pessimistic case for the
+skin). Rebuild counts and times are reported either way.
 
 Usage::
 
     python benchmarks/md_speed.py --device cuda --out benchmarks/results/md_speed-h100.json
-    python benchmarks/md_speed.py --device cpu --systems ala3 ala10 ala30 --features 64 128
+    python benchmarks/md_speed.py --device cpu --systems ala3 ala10 --students runs/quickstart
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from ase.md.verlet import VelocityVerlet
 sys.path.insert(0, str(Path(__file__).parent))
 import systems
 
+from mlff_distiller.deploy.artefact import load_student
 from mlff_distiller.deploy.calculator import StudentCalculator
 from mlff_distiller.deploy.engine import StudentEngine
 from mlff_distiller.models import PaiNN
@@ -60,27 +61,25 @@ TIMESTEP_FS = 0.5
 ELEMENTS = [1, 6, 7, 8]
 
 
-def student(n_features: int) -> PaiNN:
-    """A student of the seed (128) or quickstart (64) width with weak random forces."""
+def student(spec: str) -> PaiNN:
+    """A trained student (run directory or file), or a random one of width ``spec``."""
+    if not spec.isdigit():
+        return load_student(spec)[0]
     torch.manual_seed(0)
-    model = PaiNN(n_features=n_features, n_blocks=3, n_rbf=20, cutoff=5.0)
+    model = PaiNN(n_features=int(spec), n_blocks=3, n_rbf=20, cutoff=5.0)
     model.scale.fill_(0.01)
     return model.eval()
 
 
-def make_calculator(
-    engine: str, n_features: int, device: str
-) -> ase.calculators.calculator.Calculator:
+def make_calculator(engine: str, spec: str, device: str) -> ase.calculators.calculator.Calculator:
     """An ASE calculator for one engine name (see the module docstring)."""
     meta = {"elements": ELEMENTS}
     if engine == "student-fast":
-        return StudentCalculator(student(n_features), meta, device=device)
+        return StudentCalculator(student(spec), meta, device=device)
     if engine == "student-compiled":
-        return StudentCalculator(student(n_features), meta, device=device, compile=True)
+        return StudentCalculator(student(spec), meta, device=device, compile=True)
     if engine == "student-eager":
-        return StudentCalculator(
-            student(n_features), meta, device=device, skin=0.0, cuda_graph=False
-        )
+        return StudentCalculator(student(spec), meta, device=device, skin=0.0, cuda_graph=False)
     if engine == "sevennet":
         from mlff_distiller.teachers.sevenn import sevennet0_teacher
 
@@ -100,12 +99,12 @@ def sync(device: str) -> None:
 class Trajectory:
     """One engine's MD of one system, advanced block by block."""
 
-    def __init__(self, atoms: ase.Atoms, engine: str, n_features: int, device: str) -> None:
+    def __init__(self, atoms: ase.Atoms, engine: str, spec: str, device: str) -> None:
         self.engine = engine
         self.atoms = atoms.copy()
         self.device = device
         start = time.perf_counter()
-        self.atoms.calc = make_calculator(engine, n_features, device)
+        self.atoms.calc = make_calculator(engine, spec, device)
         self.setup_seconds = time.perf_counter() - start
         MaxwellBoltzmannDistribution(self.atoms, temperature_K=300, rng=np.random.default_rng(0))
         self.md = VelocityVerlet(self.atoms, timestep=TIMESTEP_FS * ase.units.fs)
@@ -158,6 +157,8 @@ class Trajectory:
                 captures=engine.captures,
                 capture_seconds=engine.capture_seconds,
                 neighbour_builds=engine.neighbours.builds,
+                neighbour_build_seconds=engine.neighbours.build_seconds,
+                graph_rebuild_seconds=engine.rebuild_seconds,
                 neighbour_calls=engine.neighbours.calls,
                 skin=engine.neighbours.skin,
             )
@@ -168,16 +169,16 @@ def single(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for name in args.systems:
         atoms = systems.load(name)
-        for n_features in args.features:
+        for spec in args.students:
             engines = [
                 e for e in args.engines if not (e == "student-compiled" and args.device == "cpu")
             ]
             runs = []
             for engine in engines:
-                if engine in ("sevennet", "chgnet") and n_features != args.features[0]:
+                if engine in ("sevennet", "chgnet") and spec != args.students[0]:
                     continue  # teachers do not depend on the student's width
                 try:
-                    runs.append(Trajectory(atoms, engine, n_features, args.device))
+                    runs.append(Trajectory(atoms, engine, spec, args.device))
                 except ImportError as exc:
                     print(f"  skip {engine}: {exc}", flush=True)
             for _ in range(args.rounds):
@@ -187,7 +188,8 @@ def single(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "system": name,
                 "n_atoms": len(atoms),
                 "periodic": bool(atoms.pbc.all()),
-                "student_features": n_features,
+                "student": spec,
+                "student_hyperparameters": student(spec).hyperparameters,
                 "engines": [run.summary() for run in runs],
             }
             rates = {r["engine"]: r["steps_per_s"] for r in row["engines"]}
@@ -207,7 +209,7 @@ def single(args: argparse.Namespace) -> list[dict[str, Any]]:
 def engine_verlet(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     """Velocity Verlet of ``replicas`` copies, all on the device, through the student engine."""
     device = args.device
-    engine = StudentEngine(student(args.features[0]), device)
+    engine = StudentEngine(student(args.students[0]), device)
     n = len(atoms)
     rng = np.random.default_rng(1)
     positions = torch.tensor(np.tile(atoms.positions, (replicas, 1)), device=device)
@@ -274,7 +276,7 @@ def breakdown(args: argparse.Namespace) -> dict[str, float]:
     velocity-Verlet step.
     """
     atoms = systems.load(args.batch_system)
-    calc = make_calculator("student-fast", args.features[0], args.device)
+    calc = make_calculator("student-fast", args.students[0], args.device)
     atoms.calc = calc
     engine = calc.engine
     n = len(atoms)
@@ -343,7 +345,7 @@ def torchsim_nvt(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> d
     from mlff_distiller.deploy.torchsim import StudentModel
 
     device = args.device
-    model = StudentModel(student(args.features[0]), {"elements": ELEMENTS}, device=device)
+    model = StudentModel(student(args.students[0]), {"elements": ELEMENTS}, device=device)
     kt = 300.0 * ts.units.MetalUnits.temperature
     dt = TIMESTEP_FS * 1e-3 * ts.units.MetalUnits.time
     state = ts.io.atoms_to_state([atoms] * replicas, model.device, model.dtype)
@@ -432,7 +434,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--systems", nargs="+", default=systems.ORDER)
-    parser.add_argument("--features", nargs="+", type=int, default=[128])
+    parser.add_argument(
+        "--students",
+        nargs="+",
+        default=["128"],
+        help="run directories / student.pt files, or widths of random students",
+    )
     parser.add_argument(
         "--engines",
         nargs="+",

@@ -99,3 +99,18 @@ def test_file_from_elsewhere_never_runs_code(tmp_path):
 def test_missing_student_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="mlff-distill train"):
         load_calculator(tmp_path)
+
+
+def test_cell_and_pbc_changes_are_seen(run_dir):
+    atoms = bulk("Cu", "fcc", a=3.6) * (2, 2, 2)
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = load_calculator(run_dir)
+    periodic = atoms.get_potential_energy()
+    atoms.pbc = False  # the same atoms as a cluster: a different energy, and no stress
+    cluster = atoms.get_potential_energy()
+    assert cluster != periodic
+    assert "stress" not in atoms.calc.results
+    atoms.pbc = True
+    assert atoms.get_potential_energy() == pytest.approx(periodic, abs=1e-6)
+    atoms.set_cell(atoms.cell * 1.01)  # positions kept, cell stretched
+    assert atoms.get_potential_energy() != pytest.approx(periodic, abs=1e-6)

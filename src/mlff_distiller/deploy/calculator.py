@@ -45,7 +45,9 @@ class StudentCalculator(Calculator):
     device
         Torch device the student runs on.
     skin
-        Verlet skin of the neighbour list in Å (0 rebuilds it at every step).
+        Verlet skin of the neighbour list in Å (0 rebuilds it at every step; ``None``
+        picks it from the device and the system size, see
+        :func:`~mlff_distiller.deploy.engine.auto_skin`).
     compile
         Compile the student with ``torch.compile`` before CUDA-graph capture (CUDA only;
         tens of seconds at the first call).
@@ -61,7 +63,7 @@ class StudentCalculator(Calculator):
         model: PaiNN,
         metadata: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
-        skin: float = DEFAULT_SKIN,
+        skin: float | None = DEFAULT_SKIN,
         compile: bool = False,
         cuda_graph: bool | None = None,
         **kwargs: Any,
@@ -78,6 +80,27 @@ class StudentCalculator(Calculator):
         self.elements = set(self.metadata.get("elements", []))
         self._numbers: np.ndarray | None = None
         self._numbers_tensor = torch.zeros(0, dtype=torch.long)
+
+    def check_state(self, atoms: ase.Atoms, tol: float = 1e-15) -> list[str]:
+        """What changed since the last calculation: positions, numbers, cell or pbc.
+
+        ASE's default compares six arrays with ``np.allclose``, which costs more than a
+        captured student step; exact comparisons of what the student depends on give the
+        same answer (a change below ``tol`` is also recomputed, which is harmless).
+        """
+        last = self.atoms
+        if last is None or len(last) != len(atoms):
+            return list(all_changes)
+        changes = []
+        if not np.array_equal(last.positions, atoms.positions):
+            changes.append("positions")
+        if not np.array_equal(last.numbers, atoms.numbers):
+            changes.append("numbers")
+        if not np.array_equal(last.cell[:], atoms.cell[:]):
+            changes.append("cell")
+        if not np.array_equal(last.pbc, atoms.pbc):
+            changes.append("pbc")
+        return changes
 
     def calculate(
         self,
@@ -180,7 +203,7 @@ def _chunks(images: Sequence[ase.Atoms], max_atoms: int) -> list[list[ase.Atoms]
 def load_calculator(
     path: str | Path,
     device: torch.device | str = "cpu",
-    skin: float = DEFAULT_SKIN,
+    skin: float | None = DEFAULT_SKIN,
     compile: bool = False,
 ) -> StudentCalculator:
     """ASE calculator of the student in a run directory (or a ``student.pt`` file).
@@ -192,7 +215,7 @@ def load_calculator(
     device
         ``"cpu"`` or a CUDA device; on CUDA the student runs as a replayed CUDA graph.
     skin
-        Verlet skin of the neighbour list in Å.
+        Verlet skin of the neighbour list in Å (``None``: by device and system size).
     compile
         Compile the student with ``torch.compile`` before capture (CUDA only).
 

@@ -32,11 +32,29 @@ from mlff_distiller.graph import AtomicGraph, copy_into_padded, pad_graph
 from mlff_distiller.keys import ENERGY, FORCES, STRESS
 from mlff_distiller.models.predict import predict
 
-DEFAULT_SKIN = 1.0
-"""Default Verlet skin in Å: at 300 K a small molecule rebuilds every few tens of 0.5 fs steps."""
+DEFAULT_SKIN = None
+"""Default Verlet skin: chosen by :func:`auto_skin` from the device and the number of atoms."""
 
-DEFAULT_HEADROOM = 1.2
+LAUNCH_BOUND_ATOMS = 1500
+"""Below this many atoms in one call, a CUDA step is bound by kernel launches, not edges."""
+
+DEFAULT_HEADROOM = 1.1
 """Edge capacity of a capture as a multiple of the edges present when it is made."""
+
+
+def auto_skin(device: torch.device, n_atoms: int) -> float:
+    """The Verlet skin in Å that makes MD fastest, by device and system size.
+
+    A skin trades rebuilds for edges: the list within ``cutoff + skin`` has about
+    ``((cutoff + skin) / cutoff)³`` times the edges, every one of which the student evaluates.
+    On a GPU a small system is bound by kernel launches, so extra edges cost almost nothing
+    and rare rebuilds keep the captured graph replaying: 1 Å. A large system on a GPU, and
+    any system on a CPU, is bound by the work per edge: a thin skin (0.3 Å, a rebuild every
+    few steps) costs fewer extra edges than it saves (measured in ``benchmarks/md_speed.py``).
+    """
+    if device.type == "cuda" and n_atoms < LAUNCH_BOUND_ATOMS:
+        return 1.0
+    return 0.3
 
 
 class StudentEngine:
@@ -50,7 +68,8 @@ class StudentEngine:
     device
         Where the student runs.
     skin
-        Verlet skin in Å of the neighbour list (0: rebuild at every call).
+        Verlet skin in Å of the neighbour list (0: rebuild at every call; ``None``: chosen
+        at the first call by :func:`auto_skin`).
     cuda_graph
         Capture and replay CUDA graphs; ``None`` means "on CUDA devices".
     compile
@@ -65,13 +84,16 @@ class StudentEngine:
         Number of CUDA-graph captures made so far.
     capture_seconds : float
         Wall time spent capturing (and compiling), in s.
+    rebuild_seconds : float
+        Host time spent turning rebuilt neighbour lists into graphs on the device, in s
+        (the search itself is ``neighbours.build_seconds``).
     """
 
     def __init__(
         self,
         model: torch.nn.Module,
         device: torch.device | str = "cpu",
-        skin: float = DEFAULT_SKIN,
+        skin: float | None = DEFAULT_SKIN,
         cuda_graph: bool | None = None,
         compile: bool = False,
         headroom: float = DEFAULT_HEADROOM,
@@ -82,7 +104,8 @@ class StudentEngine:
             parameter.requires_grad_(False)
         self.dtype = next(self.model.parameters()).dtype
         self.cutoff = float(self.model.cutoff)
-        self.neighbours = SkinNeighbourList(self.cutoff, skin)
+        self.neighbours = SkinNeighbourList(self.cutoff, 0.0 if skin is None else skin)
+        self._auto_skin = skin is None
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
@@ -90,6 +113,7 @@ class StudentEngine:
         self.headroom = float(headroom)
         self.captures = 0
         self.capture_seconds = 0.0
+        self.rebuild_seconds = 0.0
         self._compiled: Any = None
         self._captured: _CapturedPredict | None = None
         self._graph: AtomicGraph | None = None
@@ -137,9 +161,15 @@ class StudentEngine:
             (B, 3, 3) eV/Å³ (ASE sign), on the engine's device (or the host with
             ``to_host``). The tensors are the caller's.
         """
+        if self._auto_skin:
+            self._auto_skin = False
+            self.neighbours = SkinNeighbourList(
+                self.cutoff, auto_skin(self.device, positions.shape[0])
+            )
         edge_index, shifts, rebuilt = self.neighbours(positions, cell, pbc, ptr)
         rebuilt = rebuilt or self._numbers_changed(numbers)
         if rebuilt or self._graph is None:
+            start = time.perf_counter()
             n = positions.shape[0]
             counts = ptr[1:] - ptr[:-1]
             batch = torch.repeat_interleave(
@@ -156,8 +186,10 @@ class StudentEngine:
                 ptr=ptr,
             ).to(self.device, self.dtype)
             rebuilt = True
+            self.rebuild_seconds += time.perf_counter() - start
         if self.cuda_graph:
-            packed = self._replay(positions, cell, rebuilt, stress)
+            captured = self._replay(positions, cell, rebuilt, stress)
+            packed = captured.read_host() if to_host else captured.packed
         else:
             if not rebuilt:
                 self._graph = self._graph._replace(
@@ -168,8 +200,9 @@ class StudentEngine:
             if not to_host:
                 return out
             packed = torch.cat([value.reshape(-1) for value in out.values()])
+            packed = packed.to("cpu", torch.float64)
         return _unpack(
-            packed.to("cpu", torch.float64) if to_host else packed,
+            packed,
             positions.shape[0],
             ptr.shape[0] - 1,
             stress,
@@ -190,17 +223,12 @@ class StudentEngine:
 
     def _replay(
         self, positions: torch.Tensor, cell: torch.Tensor, rebuilt: bool, stress: bool
-    ) -> torch.Tensor:
-        """Replay (capturing first if needed); the packed outputs of the padded graph."""
+    ) -> _CapturedPredict:
+        """Replay (capturing first if needed) with the current positions and cell."""
         graph = self._graph
         assert graph is not None
         captured = self._captured
         if captured is None or not captured.fits(graph, stress):
-            if not rebuilt:
-                graph = self._graph = graph._replace(
-                    positions=positions.to(self.device, self.dtype),
-                    cell=cell.to(self.device, self.dtype),
-                )
             n_edges = max(math.ceil(graph.edge_index.shape[1] * self.headroom), 16)
             if captured is not None:
                 # Grow, never shrink: a capacity that was once needed is likely needed again.
@@ -213,12 +241,8 @@ class StudentEngine:
             self.captures += 1
         elif rebuilt:
             captured.load(graph)
-        else:
-            # Straight from the caller's tensors (host or device) into the static buffers.
-            captured.static.positions[: positions.shape[0]].copy_(positions)
-            captured.static.cell[: cell.shape[0]].copy_(cell)
-        captured.graph.replay()
-        return captured.packed
+        captured.replay(positions, cell)
+        return captured
 
     def _model_for_capture(self) -> Any:
         if not self.compile:
@@ -256,7 +280,13 @@ def _unpack(
 
 
 class _CapturedPredict:
-    """One CUDA graph of ``predict`` on a padded graph of fixed capacities."""
+    """One CUDA graph of ``predict`` on a padded graph of fixed capacities.
+
+    Per replay the graph reads one flat input (positions of every atom slot, then the cells
+    of the real structures) and writes one flat output (energies, forces, stress of the
+    padded graph), so that host callers move each with a single copy through pinned memory.
+    Positions of padding atoms are irrelevant: their only edges join an atom to itself.
+    """
 
     def __init__(
         self,
@@ -272,13 +302,21 @@ class _CapturedPredict:
         self.stress = stress
         self.padding_length = padding_length
         self.static = pad_graph(graph, self.n_atoms, n_edges, padding_length)
+        static = self.static
+        dtype, device = static.positions.dtype, static.positions.device
+        n_positions = 3 * self.n_atoms
+        self.inputs = torch.cat([static.positions.reshape(-1), static.cell[:-1].reshape(-1)])
+        self.host_inputs = torch.zeros_like(self.inputs, device="cpu").pin_memory()
+        self._host_inputs = self.host_inputs.numpy()
 
         def run() -> dict[str, torch.Tensor]:
-            return predict(model, self.static, forces=True, stress=stress, check_cells=False)
+            static.positions.copy_(self.inputs[:n_positions].view(-1, 3))
+            static.cell[:-1].copy_(self.inputs[n_positions:].view(-1, 3, 3))
+            return predict(model, static, forces=True, stress=stress, check_cells=False)
 
         # Warm-up on a side stream (cuBLAS handles, autograd buffers, compilation), then
         # capture: the documented recipe of torch.cuda.graphs.
-        side = torch.cuda.Stream(device=self.static.positions.device)
+        side = torch.cuda.Stream(device=device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
@@ -289,6 +327,8 @@ class _CapturedPredict:
             outputs = run()
             # One flat output, so that a host copy of the results is one transfer.
             self.packed = torch.cat([value.reshape(-1) for value in outputs.values()])
+        self.host_outputs = torch.zeros_like(self.packed, device="cpu").pin_memory()
+        assert self.packed.dtype == dtype
 
     def fits(self, graph: AtomicGraph, stress: bool) -> bool:
         return (
@@ -299,4 +339,25 @@ class _CapturedPredict:
         )
 
     def load(self, graph: AtomicGraph) -> None:
+        """Take a new neighbour list (and atoms) of ``graph``, which must fit."""
         copy_into_padded(self.static, graph, self.padding_length)
+
+    def replay(self, positions: torch.Tensor, cell: torch.Tensor) -> None:
+        """Run the graph for ``positions`` (N, 3) and ``cell`` (B, 3, 3), host or device."""
+        n_positions = 3 * self.n_atoms
+        if positions.device.type == "cpu":
+            # numpy writes into pinned memory, then one blocking copy: no race with the
+            # previous replay, whose outputs the caller has read or is about to.
+            staged = self._host_inputs
+            staged[: positions.numel()] = positions.detach().numpy().reshape(-1)
+            staged[n_positions:] = cell.detach().numpy().reshape(-1)
+            self.inputs.copy_(self.host_inputs)
+        else:
+            self.inputs[: positions.numel()].copy_(positions.detach().reshape(-1))
+            self.inputs[n_positions:].copy_(cell.detach().reshape(-1))
+        self.graph.replay()
+
+    def read_host(self) -> torch.Tensor:
+        """The packed outputs of the last replay on the host, float64 (waits for the GPU)."""
+        self.host_outputs.copy_(self.packed)
+        return self.host_outputs.to(torch.float64)

@@ -80,7 +80,8 @@ class StudentModel(ModelInterface):
         Whether ``forward`` returns stress. May be changed later
         (``model.compute_stress = False``) to save the strain derivative.
     skin
-        Verlet skin of the engine's neighbour list in Å (0: rebuild at every call).
+        Verlet skin of the engine's neighbour list in Å (0: rebuild at every call; ``None``:
+        by device and system size, see :func:`~mlff_distiller.deploy.engine.auto_skin`).
     cuda_graph
         Capture and replay CUDA graphs; ``None`` means "on CUDA devices".
     compile
@@ -102,7 +103,7 @@ class StudentModel(ModelInterface):
         dtype: torch.dtype | None = None,
         *,
         compute_stress: bool = True,
-        skin: float = DEFAULT_SKIN,
+        skin: float | None = DEFAULT_SKIN,
         cuda_graph: bool | None = None,
         compile: bool = False,
     ) -> None:
