@@ -39,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ def student(spec: str) -> PaiNN:
     return model.eval()
 
 
-def make_calculator(engine: str, spec: str, device: str) -> ase.calculators.calculator.Calculator:
+def make_calculator(
+    engine: str, spec: str | None, device: str
+) -> ase.calculators.calculator.Calculator:
     """An ASE calculator for one engine name (see the module docstring)."""
     meta = {"elements": ELEMENTS}
     if engine == "student-fast":
@@ -99,7 +102,7 @@ def sync(device: str) -> None:
 class Trajectory:
     """One engine's MD of one system, advanced block by block."""
 
-    def __init__(self, atoms: ase.Atoms, engine: str, spec: str, device: str) -> None:
+    def __init__(self, atoms: ase.Atoms, engine: str, spec: str | None, device: str) -> None:
         self.engine = engine
         self.atoms = atoms.copy()
         self.device = device
@@ -165,45 +168,50 @@ class Trajectory:
         return out
 
 
-def single(args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
+def single(args: argparse.Namespace, results: list, save: Callable[[], None]) -> None:
+    """Every student engine and every teacher on each system, alternately in one loop."""
     for name in args.systems:
         atoms = systems.load(name)
-        for spec in args.students:
-            engines = [
-                e for e in args.engines if not (e == "student-compiled" and args.device == "cpu")
-            ]
-            runs = []
-            for engine in engines:
-                if engine in ("sevennet", "chgnet") and spec != args.students[0]:
-                    continue  # teachers do not depend on the student's width
+        runs: list[tuple[str | None, Trajectory]] = []
+        skipped: dict[str, str] = {}
+        for engine in args.engines:
+            if engine == "student-compiled" and args.device == "cpu":
+                continue
+            teacher = engine in ("sevennet", "chgnet")
+            for spec in [None] if teacher else args.students:
                 try:
-                    runs.append(Trajectory(atoms, engine, spec, args.device))
-                except ImportError as exc:
-                    print(f"  skip {engine}: {exc}", flush=True)
-            for _ in range(args.rounds):
-                for run in runs:  # alternately, so that drifts of the machine hit all alike
-                    run.block(args.block_seconds)
+                    runs.append((spec, Trajectory(atoms, engine, spec, args.device)))
+                except Exception as exc:  # a teacher that cannot run here is reported, not fatal
+                    print(f"  skip {engine}: {type(exc).__name__}: {exc}", flush=True)
+                    skipped[engine] = f"{type(exc).__name__}: {exc}"
+        for _ in range(args.rounds):
+            for _, run in runs:  # alternately, so that drifts of the machine hit all alike
+                run.block(args.block_seconds)
+        teachers = {run.engine: run.summary() for spec, run in runs if spec is None}
+        for spec in args.students:
+            mine = [run.summary() for s, run in runs if s == spec]
+            rates = {r["engine"]: r["steps_per_s"] for r in mine}
+            teacher_rates = {e: r["steps_per_s"] for e, r in teachers.items()}
             row = {
                 "system": name,
                 "n_atoms": len(atoms),
                 "periodic": bool(atoms.pbc.all()),
                 "student": spec,
                 "student_hyperparameters": student(spec).hyperparameters,
-                "engines": [run.summary() for run in runs],
-            }
-            rates = {r["engine"]: r["steps_per_s"] for r in row["engines"]}
-            row["ratios"] = {
-                f"{a}/{b}": rates[a] / rates[b]
-                for a in rates
-                for b in rates
-                if a.startswith("student") and not b.startswith("student-fast") and a != b
+                "engines": mine + list(teachers.values()),
+                "skipped": skipped,
+                "ratios": {
+                    f"{a}/{b}": rates[a] / rate_b
+                    for a in rates
+                    for b, rate_b in {**rates, **teacher_rates}.items()
+                    if a != b and not b.startswith("student-fast")
+                },
             }
             print(json.dumps({k: v for k, v in row.items() if k != "engines"}), flush=True)
             for r in row["engines"]:
                 print(f"  {r['engine']:17s} {r['steps_per_s']:10.1f} steps/s", flush=True)
             results.append(row)
-    return results
+            save()
 
 
 def engine_verlet(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -314,19 +322,19 @@ def breakdown(args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def batched(args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
+def batched(args: argparse.Namespace, results: list, save: Callable[[], None]) -> None:
     atoms = systems.load(args.batch_system)
     for replicas in args.replicas:
         row = engine_verlet(atoms, replicas, args)
         row["system"] = args.batch_system
         print(json.dumps({k: v for k, v in row.items() if k != "raw_steps_per_s"}), flush=True)
         results.append(row)
+        save()
         if _has_torchsim():
             row = torchsim_nvt(atoms, replicas, args)
             print(json.dumps(row), flush=True)
             results.append(row)
-    return results
+            save()
 
 
 def _has_torchsim() -> bool:
@@ -430,10 +438,69 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
+def _rate(steps_per_s: float) -> str:
+    """Three significant figures, without exponents."""
+    digits = max(0, 2 - int(np.floor(np.log10(max(steps_per_s, 1e-9)))))
+    return f"{steps_per_s:.{digits}f}"
+
+
+def summarize(paths: list[Path]) -> str:
+    """Markdown tables (steps/s, ratios, atom-steps/s) from result files of this script.
+
+    Rows of several files are merged by hardware, system and student, so that a run of the
+    compiled engine alone adds its column to the main run's rows. Ratios are taken only
+    between engines measured in the same file (the same process, alternately).
+    """
+    engines = ["student-fast", "student-compiled", "student-eager", "sevennet", "chgnet"]
+    rows: dict[tuple, dict[str, Any]] = {}
+    batched_rows = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        env = result["environment"]
+        hardware = env.get("gpu") or f"CPU ({env['torch_threads']} threads)"
+        for row in result["single"]:
+            key = (hardware, row["n_atoms"], row["system"], Path(row["student"]).stem)
+            merged = rows.setdefault(key, {"width": row["student_hyperparameters"]["n_features"]})
+            for run in row["engines"]:
+                merged.setdefault(run["engine"], run["steps_per_s"])
+            for name, ratio in row["ratios"].items():
+                merged.setdefault(name, ratio)
+        batched_rows += [(hardware, r) for r in result["batched"]]
+    lines = [
+        "| hardware | system (atoms) | student width | "
+        + " | ".join(engines)
+        + " | fastest student / SevenNet-0 (same run) |",
+        "|" + "---|" * (len(engines) + 4),
+    ]
+    for (hardware, n_atoms, system, _), merged in sorted(rows.items()):
+        cells = [_rate(merged[e]) if e in merged else "" for e in engines]
+        ratios = [merged[f"{e}/sevennet"] for e in engines[:3] if f"{e}/sevennet" in merged]
+        best = f"{max(ratios):.0f}×" if ratios else ""
+        lines.append(
+            f"| {hardware} | {system} ({n_atoms}) | {merged['width']} | "
+            + " | ".join(cells)
+            + f" | {best} |"
+        )
+    if batched_rows:
+        lines += [
+            "",
+            "| hardware | engine | replicas × atoms | steps/s | atom-steps/s | peak GPU memory |",
+            "|---|---|---|---|---|---|",
+        ]
+        for hardware, r in batched_rows:
+            memory = f"{r['peak_memory_mib'] / 1024:.1f} GiB" if "peak_memory_mib" in r else ""
+            lines.append(
+                f"| {hardware} | {r['engine']} | {r['replicas']} × "
+                f"{r['n_atoms_total'] // r['replicas']} | {_rate(r['steps_per_s'])} | "
+                f"{r['atom_steps_per_s'] / 1e6:.3f} M | {memory} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--systems", nargs="+", default=systems.ORDER)
+    parser.add_argument("--systems", nargs="*", default=systems.ORDER)
     parser.add_argument(
         "--students",
         nargs="+",
@@ -449,19 +516,38 @@ def main() -> None:
     parser.add_argument("--block-seconds", type=float, default=2.0)
     parser.add_argument("--replicas", nargs="*", type=int, default=[1, 8, 64, 512])
     parser.add_argument("--batch-system", default="ala10")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="JSON file to write")
+    parser.add_argument(
+        "--summarize", nargs="+", type=Path, help="print Markdown tables of result files; no run"
+    )
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
+    if args.out is None:
+        parser.error("--out is required to run the benchmark")
 
     result: dict[str, Any] = {
         "environment": environment(args.device),
         "args": {**vars(args), "out": str(args.out)},
+        "single": [],
+        "batched": [],
     }
-    result["single"] = single(args)
+
+    def save() -> None:
+        """Rewrite the JSON after every measurement: a run cut short keeps what it measured."""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(args.out)
+
+    single(args, result["single"], save)
     if args.device.startswith("cuda"):
         result["breakdown_ms"] = breakdown(args)
-    result["batched"] = batched(args) if args.replicas else []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+        save()
+    batched(args, result["batched"], save)
+    result["complete"] = True
+    save()
     print(f"wrote {args.out}")
 
 

@@ -15,7 +15,8 @@ engine removes them:
    kernels), then captured.
 
 On the CPU the engine runs ``predict`` eagerly on the unpadded graph: only the skin reuse
-applies there. Results equal the eager reference path to float32 round-off (tested).
+applies there, and only when asked for (:func:`auto_skin`). Results equal the
+eager reference path to float32 round-off (tested).
 """
 
 from __future__ import annotations
@@ -47,14 +48,18 @@ def auto_skin(device: torch.device, n_atoms: int) -> float:
 
     A skin trades rebuilds for edges: the list within ``cutoff + skin`` has about
     ``((cutoff + skin) / cutoff)³`` times the edges, every one of which the student evaluates.
-    On a GPU a small system is bound by kernel launches, so extra edges cost almost nothing
-    and rare rebuilds keep the captured graph replaying: 1 Å. A large system on a GPU, and
-    any system on a CPU, is bound by the work per edge: a thin skin (0.3 Å, a rebuild every
-    few steps) costs fewer extra edges than it saves (measured in ``benchmarks/md_speed.py``).
+    Measured with ``benchmarks/md_speed.py`` (``benchmarks/results/``):
+
+    - on a GPU a small system is bound by kernel launches, so extra edges cost almost nothing
+      and rare rebuilds keep the captured graph replaying: 1 Å below
+      ``LAUNCH_BOUND_ATOMS``; above it the work per edge dominates: 0.3 Å;
+    - on a CPU the work per edge dominates at every size measured (33 to 1,003 atoms) and a
+      rebuild costs about 1 % of a step: no skin (an exact list at every step) was as fast as
+      or faster than 0.3 Å, so 0.
     """
-    if device.type == "cuda" and n_atoms < LAUNCH_BOUND_ATOMS:
-        return 1.0
-    return 0.3
+    if device.type == "cuda":
+        return 1.0 if n_atoms < LAUNCH_BOUND_ATOMS else 0.3
+    return 0.0
 
 
 class StudentEngine:

@@ -170,16 +170,17 @@ class SkinNeighbourList:
         radius (in float64, so the shifted coordinates keep their precision); pairs found
         then never join two structures. The caller's positions are not changed.
         """
-        index = torch.cat(
-            [torch.arange(bounds[b], bounds[b + 1], device=x.device) for b in molecules]
+        # Atom indices of the molecules and the molecule of each, in a few vector ops (a
+        # batch of hundreds of replicas would otherwise cost two launches per structure).
+        starts = torch.tensor([bounds[b] for b in molecules], device=x.device)
+        counts = torch.tensor([bounds[b + 1] - bounds[b] for b in molecules], device=x.device)
+        total = int(sum(bounds[b + 1] - bounds[b] for b in molecules))
+        owner = torch.repeat_interleave(
+            torch.arange(len(molecules), device=x.device), counts, output_size=total
         )
+        first = torch.cumsum(counts, 0) - counts  # position of each molecule in the list
+        index = torch.arange(total, device=x.device) + (starts - first).index_select(0, owner)
         points = x.index_select(0, index)
-        owner = torch.cat(
-            [
-                torch.full((bounds[b + 1] - bounds[b],), k, device=x.device)
-                for k, b in enumerate(molecules)
-            ]
-        )
         if len(molecules) > 1:
             # Width of each structure's bounding box along x, then a gap of twice the radius.
             lo = torch.full((len(molecules),), float("inf"), dtype=x.dtype, device=x.device)

@@ -1,0 +1,455 @@
+"""Training speed of the student: this project's training step beside a plain eager PaiNN.
+
+Workloads (synthetic, shaped like the seed distillation; see ``../shared/design/BENCHMARKING.md``):
+
+- **uniform**: ``--structures`` clusters of ``--atoms`` atoms (H, C, N, O) whose density gives
+  about ``--neighbours`` neighbours per atom within the cutoff (default: 4,416 of 90 atoms,
+  ~22 neighbours within 5 Å);
+- **mixed**: the same with ``--large-fraction`` (20 %) of the structures ``--large-atoms``
+  (800) atoms at the same density.
+
+Labels are random (speed does not depend on them). The student is the seed configuration
+(128 features, 3 blocks, 20 radial functions, 5 Å), float32. For every workload and batch
+size (``--batch-sizes``, default 8 16 64 256) two implementations are timed alternately in
+this process, ``--repeats`` blocks of ``--steps`` steps each after ``--warmup`` steps:
+
+- ``mlff_distiller``: the trainer's path: the whole set on the device
+  (:class:`~mlff_distiller.data.batching.GraphSet`, neighbour lists computed once), batches
+  gathered there by index, :class:`~mlff_distiller.training.step.TrainStep` (normalised
+  loss, backward, clipping, AdamW, EMA). With ``--static`` also on batches padded to fixed
+  capacities (what a captured step will run). On the mixed workload also with an edge
+  budget (``batch_size`` times the mean edges per structure), which makes steps of equal cost.
+- ``plain_eager``: a textbook PaiNN (separate message and update modules, messages built per
+  edge), per-structure tensors on the device concatenated per batch in Python, forces by
+  autograd, the same loss terms, AdamW.
+
+Reported per configuration: median ms/step with every block, structures/s, s/epoch (the
+training set at that throughput: an extrapolation, stated as such), peak GPU memory
+(``max_memory_allocated`` after ``reset_peak_memory_stats``; none on a CPU), and the ratio
+plain/ours from the same blocks. A configuration that runs out of GPU memory is recorded as
+such. GPU times are read after ``torch.cuda.synchronize()``.
+
+Usage::
+
+    python benchmarks/train_speed.py --device cuda --out benchmarks/results/train_speed-h100.json
+    python benchmarks/train_speed.py --device cpu --structures 64 --batch-sizes 8 16 \\
+        --steps 3 --repeats 3 --out benchmarks/results/train_speed-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import vesin
+from torch import nn
+
+from mlff_distiller import keys
+from mlff_distiller.data.batching import Capacity, GraphSet, plan_batches, plan_steps
+from mlff_distiller.data.dataset import PackedDataset
+from mlff_distiller.models import PaiNN
+from mlff_distiller.training.losses import DistillationLoss, LossScales
+from mlff_distiller.training.step import ExponentialMovingAverage, TrainStep
+from mlff_distiller.training.trainer import padding_length
+
+ELEMENTS = np.array([1, 6, 7, 8])
+
+
+# --- workloads --------------------------------------------------------------------------
+
+
+def cluster_radius(n_atoms: int, neighbours: float, cutoff: float, seed: int = 0) -> float:
+    """Radius (Å) of a uniform ball of ``n_atoms`` with ``neighbours`` mean neighbours."""
+    rng = np.random.default_rng(seed)
+    low, high = 1.0, 50.0
+    for _ in range(30):  # bisection on the measured mean neighbour count
+        radius = 0.5 * (low + high)
+        points = random_ball(rng, n_atoms, radius)
+        i, _ = vesin.NeighborList(cutoff=cutoff, full_list=True).compute(
+            points=points, box=np.zeros((3, 3)), periodic=False, quantities="ij"
+        )
+        if len(i) / n_atoms > neighbours:
+            low = radius
+        else:
+            high = radius
+    return 0.5 * (low + high)
+
+
+def random_ball(rng: np.random.Generator, n: int, radius: float) -> np.ndarray:
+    """``n`` points uniform in a ball of ``radius`` Å, (n, 3)."""
+    direction = rng.normal(size=(n, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return direction * radius * rng.random((n, 1)) ** (1 / 3)
+
+
+def workload(
+    n_structures: int,
+    n_atoms: int,
+    large_fraction: float,
+    large_atoms: int,
+    neighbours: float,
+    cutoff: float,
+    seed: int = 0,
+) -> PackedDataset:
+    """Random clusters at the density of ``neighbours`` neighbours per ``n_atoms`` cluster."""
+    rng = np.random.default_rng(seed)
+    radius = cluster_radius(n_atoms, neighbours, cutoff)
+    sizes = np.where(rng.random(n_structures) < large_fraction, large_atoms, n_atoms)
+    positions = [random_ball(rng, int(n), radius * (n / n_atoms) ** (1 / 3)) for n in sizes]
+    total = int(sizes.sum())
+    arrays = {
+        "index": np.arange(n_structures),
+        "ptr": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "numbers": rng.choice(ELEMENTS, size=total),
+        "positions": np.concatenate(positions),
+        "cell": np.zeros((n_structures, 3, 3)),
+        "pbc": np.zeros((n_structures, 3), dtype=bool),
+        keys.TEACHER_ENERGY: -3.0 * sizes + rng.normal(size=n_structures),
+        keys.TEACHER_FORCES: rng.normal(size=(total, 3)),
+        keys.TEACHER_STRESS: np.zeros((n_structures, 3, 3)),
+        "has_stress": np.zeros(n_structures, dtype=bool),
+        keys.SYSTEM_ID: np.array([f"c{k}" for k in range(n_structures)], dtype=object),
+        keys.SAMPLER: np.array(["random"] * n_structures, dtype=object),
+    }
+    return PackedDataset(arrays, "random", "0")
+
+
+# --- the plain eager reference ------------------------------------------------------------
+
+
+class PlainPaiNN(nn.Module):
+    """PaiNN as a textbook writes it: message per edge, update per atom, no fusing."""
+
+    def __init__(self, n_features: int, n_blocks: int, n_rbf: int, cutoff: float) -> None:
+        super().__init__()
+        F = n_features
+        self.F, self.n_rbf, self.cutoff = F, n_rbf, cutoff
+        self.embedding = nn.Embedding(119, F)
+        self.phi = nn.ModuleList(
+            nn.Sequential(nn.Linear(F, F), nn.SiLU(), nn.Linear(F, 3 * F)) for _ in range(n_blocks)
+        )
+        self.w = nn.ModuleList(nn.Linear(n_rbf, 3 * F) for _ in range(n_blocks))
+        self.u = nn.ModuleList(nn.Linear(F, F, bias=False) for _ in range(n_blocks))
+        self.v = nn.ModuleList(nn.Linear(F, F, bias=False) for _ in range(n_blocks))
+        self.update = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * F, F), nn.SiLU(), nn.Linear(F, 3 * F))
+            for _ in range(n_blocks)
+        )
+        self.readout = nn.Sequential(nn.Linear(F, F // 2), nn.SiLU(), nn.Linear(F // 2, 1))
+
+    def forward(self, positions, numbers, edge_index, batch, n_structures):
+        i, j = edge_index
+        r_ij = positions[j] - positions[i]
+        r = torch.linalg.norm(r_ij, dim=-1, keepdim=True)
+        n = torch.arange(1, self.n_rbf + 1, device=r.device, dtype=r.dtype)
+        rbf = torch.sin(n * math.pi * r / self.cutoff) / r
+        fcut = 0.5 * (torch.cos(math.pi * r / self.cutoff) + 1.0) * (r < self.cutoff)
+        s = self.embedding(numbers)
+        v = torch.zeros(s.shape[0], 3, self.F, device=s.device, dtype=s.dtype)
+        blocks = zip(self.phi, self.w, self.u, self.v, self.update, strict=True)
+        for phi, w, u, vv, update in blocks:
+            x = phi(s)[j] * w(rbf) * fcut
+            ds, dv_v, dv_r = torch.split(x, self.F, dim=-1)
+            dv = v[j] * dv_v.unsqueeze(1) + dv_r.unsqueeze(1) * (r_ij / r).unsqueeze(-1)
+            s = s + torch.zeros_like(s).index_add(0, i, ds)
+            v = v + torch.zeros_like(v).index_add(0, i, dv)
+            uv, vv_ = u(v), vv(v)
+            a = update(torch.cat([s, torch.sqrt(torch.sum(vv_**2, dim=1) + 1e-8)], dim=-1))
+            a_vv, a_sv, a_ss = torch.split(a, self.F, dim=-1)
+            v = v + a_vv.unsqueeze(1) * uv
+            s = s + a_sv * torch.sum(uv * vv_, dim=1) + a_ss
+        atomic = self.readout(s).squeeze(-1)
+        return torch.zeros(n_structures, device=s.device, dtype=s.dtype).index_add(0, batch, atomic)
+
+
+def plain_structures(dataset: PackedDataset, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Per-structure tensors on the device: what a plain PyTorch training script keeps."""
+    a = dataset.arrays
+    ptr, eptr = a["ptr"], a["edge_ptr"]
+
+    def floats(x: np.ndarray) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.float32, device=device)
+
+    return [
+        {
+            "positions": floats(a["positions"][ptr[k] : ptr[k + 1]]),
+            "numbers": torch.tensor(a["numbers"][ptr[k] : ptr[k + 1]], device=device),
+            "edges": torch.tensor(a["edges"][eptr[k] : eptr[k + 1]].T, device=device).long(),
+            "energy": floats(a[keys.TEACHER_ENERGY][k]),
+            "forces": floats(a[keys.TEACHER_FORCES][ptr[k] : ptr[k + 1]]),
+        }
+        for k in range(len(dataset))
+    ]
+
+
+def plain_step_factory(
+    structures: list[dict[str, torch.Tensor]], cutoff: float, device: torch.device
+) -> Callable:
+    """A naive training step: per-structure tensors concatenated per batch in Python."""
+    torch.manual_seed(0)
+    model = PlainPaiNN(128, 3, 20, cutoff).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(index: np.ndarray) -> None:
+        batch = [structures[k] for k in index]
+        sizes = [len(b["numbers"]) for b in batch]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        positions = torch.cat([b["positions"] for b in batch]).requires_grad_(True)
+        numbers = torch.cat([b["numbers"] for b in batch])
+        edges = torch.cat([b["edges"] + int(o) for b, o in zip(batch, offsets, strict=True)], dim=1)
+        owner = torch.cat([torch.full((n,), m, device=device) for m, n in enumerate(sizes)])
+        n_atoms = torch.tensor(sizes, device=device)
+        energy = model(positions, numbers, edges, owner, len(batch))
+        forces = -torch.autograd.grad(energy.sum(), positions, create_graph=True)[0]
+        target_e = torch.stack([b["energy"] for b in batch])
+        target_f = torch.cat([b["forces"] for b in batch])
+        loss = torch.mean(((energy - target_e) / n_atoms) ** 2)
+        loss = loss + torch.mean((forces - target_f) ** 2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+# --- this project's step ------------------------------------------------------------------
+
+
+def ours_step_factory(
+    graphs: GraphSet, scales: LossScales, cutoff: float, plans: list, static: bool
+) -> Callable:
+    """The trainer's step on batches gathered from the device-resident set."""
+    torch.manual_seed(0)
+    model = PaiNN(128, 3, 20, cutoff).to(graphs.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss = DistillationLoss(1.0, 1.0, scales=scales)
+    step = TrainStep(model, optimizer, ExponentialMovingAverage(model, 0.99), loss, 10.0)
+    # Capacities that hold every planned batch (the trainer derives them from the budgets).
+    cap = None
+    if static:
+        cap = Capacity(
+            max(len(p.index) for p in plans),
+            max(p.n_atoms for p in plans) + 1,
+            max(p.n_edges for p in plans),
+        )
+
+    def run(plan) -> None:
+        graph, targets = graphs.gather(plan.index, plan.weights, cap, padding_length(cutoff))
+        step(graph, targets)
+
+    return run
+
+
+# --- timing -------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device, so that a host clock reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(run: Callable, items: list, start: int, steps: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` items from ``start`` (cycling)."""
+    sync(device)
+    t0 = time.perf_counter()
+    for k in range(steps):
+        run(items[(start + k) % len(items)])
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def attempt(
+    runners: dict[str, tuple[Callable, list]],
+    key: str,
+    start: int,
+    steps: int,
+    device: torch.device,
+    rows: list[dict[str, Any]],
+    context: dict[str, Any],
+) -> float | None:
+    """One timed block; a configuration out of GPU memory is dropped and recorded in rows."""
+    run, items = runners[key]
+    try:
+        return time_block(run, items, start, steps, device)
+    except torch.cuda.OutOfMemoryError:
+        implementation, batching = key.split("/")
+        rows.append(
+            {**context, "implementation": implementation, "batching": batching, "error": "OOM"}
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        del runners[key]
+        torch.cuda.empty_cache()
+        return None
+
+
+def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device: torch.device):
+    """Every batch size of one workload: ours (and variants) and the plain reference."""
+    n_atoms = np.diff(dataset.arrays["ptr"])
+    n_edges = np.diff(dataset.arrays["edge_ptr"])
+    has_stress = np.zeros(len(dataset), dtype=bool)
+    order = np.random.default_rng(1).permutation(len(dataset))
+    graphs = GraphSet.from_dataset(dataset, args.cutoff, device=device, resident=True)
+    scales = LossScales.from_dataset(dataset)
+    structures = plain_structures(dataset, device)
+    rows = []
+    for batch_size in args.batch_sizes:
+        plain_batches = plan_batches(order, n_atoms, n_edges, batch_size)
+        count = plan_steps(plain_batches, n_atoms, n_edges, has_stress)
+        variants: dict[str, tuple[list, bool]] = {"count": (count, False)}
+        if args.static:
+            variants["count+static"] = (count, True)
+        if name == "mixed":
+            budget = int(batch_size * n_edges.mean())
+            edge_batches = plan_batches(order, n_atoms, n_edges, 4 * batch_size, max_edges=budget)
+            variants["edge-budget"] = (
+                plan_steps(edge_batches, n_atoms, n_edges, has_stress),
+                False,
+            )
+        runners: dict[str, tuple[Callable, list]] = {}
+        for variant, (plans, static) in variants.items():
+            run = ours_step_factory(graphs, scales, args.cutoff, plans, static)
+            runners[f"mlff_distiller/{variant}"] = (run, plans)
+        plain = plain_step_factory(structures, args.cutoff, device)
+        runners["plain_eager/count"] = (plain, plain_batches)
+        times: dict[str, list[float]] = {key: [] for key in runners}
+        peak: dict[str, float | None] = {key: None for key in runners}
+
+        for key in list(runners):  # warm-up, and peak memory
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            context = {"workload": name, "batch_size": batch_size}
+            if attempt(runners, key, 0, args.warmup, device, rows, context) is None:
+                continue
+            if device.type == "cuda":
+                peak[key] = torch.cuda.max_memory_allocated(device) / 2**30
+        for repeat in range(args.repeats):  # alternate the implementations
+            for key in list(runners):
+                start = args.warmup + repeat * args.steps
+                context = {"workload": name, "batch_size": batch_size}
+                seconds = attempt(runners, key, start, args.steps, device, rows, context)
+                if seconds is not None:
+                    times[key].append(seconds)
+        for key, (_, items) in runners.items():
+            implementation, batching = key.split("/")
+            seconds = statistics.median(times[key])
+            per_step = len(dataset) / len(items)  # mean structures per step of this batching
+            row = {
+                "workload": name,
+                "batch_size": batch_size,
+                "implementation": implementation,
+                "batching": batching,
+                "ms_per_step": 1000 * seconds,
+                "ms_per_step_blocks": [1000 * t for t in times[key]],
+                "structures_per_step": per_step,
+                "structures_per_s": per_step / seconds,
+                "s_per_epoch_extrapolated": len(dataset) / (per_step / seconds),
+                "peak_memory_gib": peak[key],
+            }
+            if key == "mlff_distiller/count" and "plain_eager/count" in runners:
+                row["plain_over_ours"] = statistics.median(times["plain_eager/count"]) / seconds
+            rows.append(row)
+            brief = {k: v for k, v in row.items() if k != "ms_per_step_blocks"}
+            print(json.dumps(brief), flush=True)
+        runners.clear()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Hardware, versions and commit of this measurement."""
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "git_commit": commit or None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "versions": {n: version(n) for n in ["torch", "mlff-distiller", "numpy", "vesin"]},
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--structures", type=int, default=4416)
+    parser.add_argument("--atoms", type=int, default=90)
+    parser.add_argument("--neighbours", type=float, default=22.0)
+    parser.add_argument("--cutoff", type=float, default=5.0)
+    parser.add_argument("--large-fraction", type=float, default=0.2)
+    parser.add_argument("--large-atoms", type=int, default=800)
+    parser.add_argument("--workloads", nargs="+", default=["uniform", "mixed"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 64, 256])
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per config")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--static", action="store_true", help="also time padded batches")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    result: dict[str, Any] = {
+        "benchmark": "train_speed",
+        "environment": environment(device),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "student": {"n_features": 128, "n_blocks": 3, "n_rbf": 20, "cutoff": args.cutoff},
+        "workloads": {},
+        "results": [],
+    }
+    for name in args.workloads:
+        fraction = args.large_fraction if name == "mixed" else 0.0
+        dataset = workload(
+            args.structures, args.atoms, fraction, args.large_atoms, args.neighbours, args.cutoff
+        ).with_neighbours(args.cutoff)
+        sizes = np.diff(dataset.arrays["edge_ptr"])
+        n_atoms = np.diff(dataset.arrays["ptr"])
+        result["workloads"][name] = {
+            "structures": len(dataset),
+            "atoms_mean": float(n_atoms.mean()),
+            "large_structures": int((n_atoms > args.atoms).sum()),
+            "neighbours_per_atom": float(sizes.sum() / n_atoms.sum()),
+        }
+        print(json.dumps({name: result["workloads"][name]}), flush=True)
+        result["results"] += measure(args, name, dataset, device)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
