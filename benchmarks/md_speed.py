@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -403,13 +404,20 @@ def environment(device: str) -> dict[str, Any]:
 
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
         ).stdout.strip()
     except OSError:
         commit = ""
+    # A copy of the tree (the GPU machine's) may carry a stale .git: a digest of the code
+    # that ran identifies it whatever git says.
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("src/mlff_distiller/**/*.py"), *root.glob("benchmarks/*.py")]):
+        digest.update(path.read_bytes())
     env = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "git_commit": commit or None,
+        "source_digest": digest.hexdigest()[:16],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
