@@ -28,6 +28,8 @@ TINY = {
     "training": {"epochs": 2, "batch_size": 4},
 }
 
+ONE_ATOM_XYZ = "1\nProperties=species:S:1:pos:R:3\nH 0 0 0\n"
+
 REQUIRED = (
     "teacher",
     "n_test_structures",
@@ -87,12 +89,25 @@ def test_run_all_stages_then_continue(tmp_path):
 def test_changed_config_on_an_existing_run_is_refused(tmp_path):
     path = _write_config(tmp_path, structures={**TINY["structures"], "ase_molecules": ["CH4"]})
     run = tmp_path / "run"
-    run.mkdir()
+    (run / "structures").mkdir(parents=True)
+    (run / "structures" / "system-0000.extxyz").write_text(ONE_ATOM_XYZ)
     (run / "config.yaml").write_text("training:\n  epochs: 99\n")
     result = runner.invoke(app, ["generate", str(path)])
     assert result.exit_code == 2
     assert "training.epochs" in result.output
     assert "--accept-changes" in result.output
+
+
+def test_a_run_directory_without_outputs_takes_a_corrected_config(tmp_path):
+    bad = _write_config(tmp_path, structures={**TINY["structures"], "smiles": ["C1CC"]})
+    result = runner.invoke(app, ["generate", str(bad)])
+    assert result.exit_code == 2
+    assert "'C1CC'" in result.output
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    structures = {**TINY["structures"], "md": {"frames": 0}, "rattle": {"frames": 0}}
+    fixed = _write_config(tmp_path, structures=structures)
+    result = runner.invoke(app, ["generate", str(fixed)])
+    assert result.exit_code == 0, result.output
 
 
 def test_unknown_key_is_one_clear_error(tmp_path):

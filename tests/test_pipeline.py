@@ -2,13 +2,15 @@
 
 import ase.io
 import numpy as np
-from ase.build import molecule
+from ase.build import bulk, molecule
+from ase.neighborlist import neighbor_list
 from rich.console import Console
 
 from mlff_distiller import keys
 from mlff_distiller.config import load_config
 from mlff_distiller.data.dataset import load_dataset
 from mlff_distiller.data.store import LabelStore
+from mlff_distiller.graph import from_atoms
 from mlff_distiller.pipeline import generate, label, prepare_run_dir, read_structures
 
 
@@ -30,6 +32,33 @@ def _config(tmp_path, *overrides):
             *overrides,
         ],
     )
+
+
+def test_a_cell_smaller_than_the_cutoff_is_handled_by_images(tmp_path):
+    copper = bulk("Cu", "fcc", a=3.6)  # faces 2.1 Å apart, cutoff 4 Å: images within the cutoff
+    ase.io.write(tmp_path / "cu.extxyz", [copper, bulk("Cu", "fcc", a=3.7)])
+    config = load_config(
+        None,
+        [
+            f"run_dir={tmp_path / 'run'}",
+            f"structures.files=[{tmp_path / 'cu.extxyz'}]",
+            "structures.ase_molecules=[CH4, H2O]",
+            "structures.md.frames=0",
+            "teacher.name=emt",
+            "model.cutoff=4.0",
+            "data.val_fraction=0.2",
+            "data.test_fraction=0.2",
+        ],
+    )
+    prepare_run_dir(config)
+    console = Console(quiet=True)
+    generate(config, console)
+    label(config, console)
+    dataset = load_dataset(tmp_path / "run" / "data" / "dataset.h5")
+    graph = from_atoms(
+        dataset.atoms(dataset.arrays[keys.SYSTEM_ID].tolist().index("cu.extxyz:0")), 4.0
+    )
+    assert graph.edge_index.shape[1] == len(neighbor_list("i", copper, 4.0)) == 18  # 12 + 6 images
 
 
 def test_files_become_systems_and_labels_resume(tmp_path):

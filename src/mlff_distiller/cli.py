@@ -4,11 +4,23 @@ Every stage verb takes a config file (or a run directory, whose ``config.yaml`` 
 number of ``key.path=value`` overrides, e.g.::
 
     mlff-distill run configs/quickstart.yaml training.epochs=5 run_dir=runs/try
+
+Every command has one error path. A failure the user can fix (a bad config, input file or run
+directory, a full disk) prints one message naming the culprit and the fix, with exit code 2.
+Anything else is a bug: a short message says where the full traceback was written
+(``RUN/logs/error.log``) and the exit code is 1. Ctrl-C exits with 130; work finished so far
+is kept in every case.
 """
 
 from __future__ import annotations
 
+import datetime
 import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +29,7 @@ import typer
 from rich.console import Console
 
 from mlff_distiller import __version__, pipeline
+from mlff_distiller.atomic import WriteError, write_text
 from mlff_distiller.config import Config, load_config
 from mlff_distiller.structures.samplers import MDInstabilityError
 from mlff_distiller.teachers.base import LabellingError
@@ -45,32 +58,112 @@ AcceptChanges = Annotated[
 ]
 
 
+#: Failures a user can cause and fix: one message, exit code 2. ``OSError`` covers missing
+#: and unreadable files, permissions and full disks; ``ValueError`` every bad value or file.
+USER_ERRORS = (ValueError, OSError, LabellingError, MDInstabilityError)
+
+
 def _config(path: Path, overrides: list[str] | None) -> Config:
-    if path.is_dir():
-        path = path / "config.yaml"
-    return load_config(path, overrides or [])
+    overrides = list(overrides or [])
+    if not path.is_dir():
+        return load_config(path, overrides)
+    config = load_config(path / "config.yaml", overrides)
+    if any(o.split("=", 1)[0].strip() == "run_dir" for o in overrides):
+        return config
+    # A run directory is the one named, even where its config says another (it was moved).
+    return config.model_copy(update={"run_dir": path})
 
 
-def _run_stages(
-    path: Path, overrides: list[str] | None, stages: tuple[str, ...], accept: bool
-) -> None:
+@dataclass
+class _ErrorLog:
+    """Where an unexpected error's traceback goes: ``RUN/logs/error.log`` once RUN is known."""
+
+    run_dir: Path | None = None
+
+
+@contextmanager
+def _one_error_path(run_dir: Path | None = None) -> Iterator[_ErrorLog]:
+    """Turn every failure into one message and an exit code (module docstring)."""
+    log = _ErrorLog(run_dir)
     try:
-        config = _config(path, overrides)
-        pipeline.prepare_run_dir(config, accept_changes=accept)
-        if config.threads is not None:
-            import torch
-
-            torch.set_num_threads(config.threads)
-        pipeline.run(config, console, stages)
+        yield log
     except KeyboardInterrupt:
         err_console.print(
             "[yellow]stopped[/]: everything finished so far is saved; run the same command "
             "again to continue"
         )
         raise typer.Exit(130) from None
-    except (ValueError, FileNotFoundError, LabellingError, MDInstabilityError) as exc:
-        err_console.print(f"[red]error[/]: {exc}")
+    except typer.Exit:
+        raise
+    except USER_ERRORS as exc:
+        err_console.print(f"[red]error[/]: {_escape(_user_message(exc))}", highlight=False)
         raise typer.Exit(2) from None
+    except Exception as exc:
+        path = _write_traceback(exc, log.run_dir)
+        where = f"the full traceback is in {path}" if path else "no log could be written"
+        err_console.print(
+            f"[red]unexpected error[/] {type(exc).__name__}: {_shorten(str(exc))}\n"
+            f"This is a bug in mlff-distiller, not in your input; {where}. Work finished "
+            "so far is saved: after a fix, the same command continues.",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+
+
+def _user_message(exc: BaseException) -> str:
+    # The OS's own errors read "[Errno 13] Permission denied: 'x'": the file first is clearer.
+    if (
+        isinstance(exc, OSError)
+        and not isinstance(exc, WriteError)
+        and exc.filename is not None
+        and exc.strerror
+    ):
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = _escape(" ".join(text.split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _write_traceback(exc: BaseException, run_dir: Path | None) -> Path | None:
+    """Write the traceback of ``exc`` to RUN/logs/error.log (else a temporary file)."""
+    text = (
+        f"{datetime.datetime.now(datetime.timezone.utc).isoformat()}  mlff-distiller "
+        f"{__version__}\n$ {' '.join(sys.argv)}\n\n"
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
+    candidates = [Path(tempfile.gettempdir()) / "mlff-distill-error.log"]
+    if run_dir is not None and run_dir.is_dir():
+        candidates.insert(0, run_dir / "logs" / "error.log")
+    for path in candidates:
+        try:
+            write_text(path, text)
+        except OSError:
+            continue
+        return path
+    return None
+
+
+def _run_stages(
+    path: Path, overrides: list[str] | None, stages: tuple[str, ...], accept: bool
+) -> None:
+    with _one_error_path() as log:
+        config = _config(path, overrides)
+        log.run_dir = Path(config.run_dir)
+        pipeline.prepare_run_dir(config, accept_changes=accept)
+        if config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        pipeline.run(config, console, stages)
 
 
 def _print_version(value: bool) -> None:
@@ -152,17 +245,17 @@ def export(
     """Write the student as one self-contained file that loads without this package."""
     from mlff_distiller.deploy.export import export_student
 
-    try:
-        path = export_student(run, output, format_.value)
-    except (ValueError, FileNotFoundError) as exc:
-        err_console.print(f"[red]error[/]: {exc}")
-        raise typer.Exit(2) from None
-    except RuntimeError as exc:
-        if format_ is not ExportFormat.aoti:
-            raise
-        # AOTInductor needs a working C++ compiler, and torch.export may refuse a torch.
-        err_console.print(f"[red]error[/]: exporting {run} as {format_.value} failed: {exc}")
-        raise typer.Exit(1) from None
+    with _one_error_path(run if run.is_dir() else None):
+        try:
+            path = export_student(run, output, format_.value)
+        except RuntimeError as exc:
+            if format_ is not ExportFormat.aoti:
+                raise
+            # AOTInductor needs a working C++ compiler, and torch.export may refuse a torch.
+            err_console.print(
+                f"[red]error[/]: exporting {run} as {format_.value} failed: {_shorten(str(exc))}"
+            )
+            raise typer.Exit(1) from None
     console.print(f"wrote {path} ({_file_size(path)})")
 
 

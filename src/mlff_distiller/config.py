@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,7 +20,10 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    # NaN and infinity pass ``gt``/``ge`` bounds (inf > 0) but no setting means them.
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False
+    )
 
 
 class RattleConfig(_Section):
@@ -113,31 +116,76 @@ class TrainingConfig(_Section):
     epochs: int = Field(100, ge=1)
     """Maximum number of epochs."""
     batch_size: int = Field(16, ge=1)
-    """Structures per optimisation step."""
+    """Structures per optimisation step (at most, with a budget below), over all processes
+    together: with ``torchrun`` each process takes a share of every batch."""
+    batch_atoms: int | None = Field(None, ge=1)
+    """Atom budget of a step: a batch takes structures (in shuffled order) until the next
+    would exceed it, so that structures of mixed sizes give steps of equal cost; a structure
+    larger than the budget is a batch alone (None: no atom budget)."""
+    batch_edges: int | None = Field(None, ge=1)
+    """Edge (neighbour pair) budget of a step, like ``batch_atoms``; edges set the cost of a
+    step more than atoms do (None: no edge budget)."""
     lr: float = Field(1e-3, gt=0)
-    """Initial AdamW learning rate."""
+    """Peak AdamW learning rate, reached at the end of the warm-up."""
+    lr_schedule: Literal["cosine", "plateau"] = "cosine"
+    """``cosine``: after the warm-up the LR decays along a cosine to ``min_lr`` exactly at
+    the end of the budget (``epochs`` or ``max_minutes``, whichever ends first).
+    ``plateau``: the LR is multiplied by ``lr_factor`` after ``lr_patience`` epochs without
+    validation improvement, and training stops below ``min_lr``."""
+    warmup_epochs: float = Field(1.0, ge=0)
+    """Epochs (fractions allowed) over which the LR rises linearly from 0 to ``lr``; at most
+    half of the run."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW decoupled weight decay."""
+    normalise_loss: bool = True
+    """Divide each loss term by its scale on the training set: the mean square of the
+    residual energy per atom (after the fitted per-element reference energies), of the force
+    components and of the stress components. Each term is then about 1 for a student that
+    knows only the reference energies and 0 for a perfect one, so the weights below compare
+    fractions of unexplained variance, independent of units and chemistry. False: raw mean
+    squared errors in (eV/atom)², (eV/Å)² and (eV/Å³)²."""
     energy_weight: float = Field(1.0, ge=0)
-    """Weight of the energy-per-atom MSE term (eV/atom)²."""
-    force_weight: float = Field(10.0, ge=0)
-    """Weight of the force-component MSE term (eV/Å)²."""
-    stress_weight: float = Field(0.0, ge=0)
-    """Weight of the stress MSE term (eV/Å³)², periodic structures only."""
+    """Weight of the energy-per-atom term (normalised, see ``normalise_loss``). Raise it
+    towards ``force_weight`` when energies matter more than forces: it lowers the energy
+    error at some cost in force error."""
+    force_weight: float = Field(20.0, ge=0)
+    """Weight of the force-component term (normalised, see ``normalise_loss``): 20 times the
+    energy's by default, as a structure has 3N force labels and one energy. On small organic
+    molecules (energy scale ~0.1 eV/atom, force scale ~1.7 eV/Å) this equals raw weights
+    of about 10 for the energy and 1 for the forces."""
+    stress_weight: float = Field(1.0, ge=0)
+    """Weight of the stress-component term (normalised); used only for structures with a
+    teacher stress (periodic cells), and only when the training set has some."""
+    huber_delta: float | None = Field(None, gt=0)
+    """Huber loss instead of squared errors: residuals beyond ``huber_delta`` (in units of
+    each term's scale, i.e. of normalised residuals) count linearly, not quadratically,
+    which tames outlier frames (None: squared errors)."""
     ema_decay: float = Field(0.99, ge=0, lt=1)
     """Decay of the exponential moving average of the weights that is validated and exported."""
     grad_clip: float = Field(10.0, gt=0)
     """Maximum gradient norm per step."""
     lr_patience: int = Field(5, ge=0)
-    """Epochs without validation improvement before ReduceLROnPlateau lowers the LR."""
+    """``plateau`` schedule: epochs without validation improvement before the LR is lowered."""
     lr_factor: float = Field(0.5, gt=0, lt=1)
-    """Factor by which ReduceLROnPlateau multiplies the LR."""
+    """``plateau`` schedule: factor by which the LR is multiplied."""
     min_lr: float = Field(1e-5, ge=0)
-    """Training stops once the LR has fallen below this."""
+    """``cosine``: the LR at the end of the budget. ``plateau``: training stops below it."""
+    early_stopping_patience: int | None = Field(20, ge=1)
+    """Stop after this many epochs without a lower validation loss (None: never)."""
     max_minutes: float | None = Field(None, gt=0)
-    """Wall-clock budget; training stops after the epoch that exceeds it (None: no limit)."""
+    """Wall-clock budget: training stops after the last whole epoch that fits, judged from
+    the mean epoch time so far, and the cosine schedule ends there (None: no limit)."""
     device: str = "cpu"
-    """Torch device for training and evaluation of the student."""
+    """Torch device for training and evaluation of the student (with ``torchrun``, ``cuda``
+    means each process's own GPU)."""
+    resident: bool | None = None
+    """Keep the whole training set on the device; False: in pinned host memory, batches
+    copied asynchronously (None: on the device when it takes at most a quarter of the free
+    GPU memory; a CPU device always holds it)."""
+    static_shapes: bool = False
+    """Pad every batch to fixed atom, edge and structure capacities (padding contributes
+    exactly zero), so that every step has the same shapes, as a captured CUDA graph needs.
+    Eager steps gain nothing from it and do the padding's work, so it is off by default."""
     seed: int = 0
     """Seed of initialisation and batch order."""
 
@@ -194,8 +242,12 @@ def _explain(error: ValidationError, origin: str) -> ConfigError:
             fix = f" (did you mean '{hint[0]}'?)" if hint else ""
             lines.append(f"unknown key '{key}'{fix}")
         else:
-            lines.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"'{key}': {err['msg']} (got {_shorten(repr(err.get('input')))})")
     return ConfigError(f"{origin}: " + "; ".join(lines))
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -204,13 +256,29 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override '{override}' is not of the form key.path=value")
     path, raw = override.split("=", 1)
     keys = path.strip().split(".")
+    if not all(key.strip() for key in keys):
+        raise ConfigError(
+            f"override '{override}': the key path '{path}' has an empty part "
+            "(write it as key.path=value, e.g. training.epochs=5)"
+        )
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = str(getattr(exc, "problem", None) or exc)
+        raise ConfigError(
+            f"override '{override}': the value is not valid YAML ({problem}); quote it or "
+            'close its brackets, e.g. structures.smiles="[CCO, CCN]"'
+        ) from None
     node = data
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:  # absent, or an empty section in the YAML file
+            child = node[key] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"override '{override}': '{key}' is not a section")
+            section = ".".join(keys[: depth + 1])
+            raise ConfigError(f"override '{override}': '{section}' is a value, not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw)
+    node[keys[-1]] = value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -230,7 +298,11 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (a config is YAML text)") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -73,6 +73,72 @@ def edge_vectors(graph: AtomicGraph) -> torch.Tensor:
     return graph.positions[j] - graph.positions[i] + shift
 
 
+def structure_cell(cell: np.ndarray, pbc: np.ndarray, name: str) -> np.ndarray:
+    """The cell a graph stores for a structure: zeros for a molecule.
+
+    Parameters
+    ----------
+    cell
+        (3, 3) cell vectors as rows, Å.
+    pbc
+        (3,) periodicity along each cell vector.
+    name
+        How error messages name the structure (e.g. its formula).
+
+    Returns
+    -------
+    numpy.ndarray
+        (3, 3) float64 in Å: ``cell``, or zeros when no direction is periodic (a molecule's
+        cell carries no physics; a zero cell keeps the graph free of it).
+
+    Raises
+    ------
+    ValueError
+        If a periodic structure has a cell of zero volume.
+    """
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.asarray(pbc, dtype=bool)
+    if pbc.any() and abs(np.linalg.det(cell)) < 1e-9:
+        raise ValueError(
+            f"structure {name} is periodic (pbc={pbc.tolist()}) but "
+            "its cell has zero volume: set a cell or make it non-periodic"
+        )
+    return cell if pbc.any() else np.zeros((3, 3))
+
+
+def neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full neighbour list of one structure (vesin): every pair closer than ``cutoff``.
+
+    Parameters
+    ----------
+    positions
+        (N, 3) float64 positions, Å.
+    cell
+        (3, 3) cell from :func:`structure_cell`, Å.
+    pbc
+        (3,) periodicity.
+    cutoff
+        Cutoff radius, Å.
+
+    Returns
+    -------
+    tuple[numpy.ndarray, numpy.ndarray]
+        ``edge_index`` (2, E) int64, ``[i, j]`` with both directions present, and integer
+        ``cell_shifts`` (E, 3) of ``j``, in vesin's order (the order every graph uses).
+    """
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = nl.compute(
+        points=np.ascontiguousarray(positions, dtype=np.float64),
+        box=cell,
+        periodic=np.asarray(pbc, dtype=bool),
+        quantities="ijS",
+    )
+    edge_index = np.stack([i, j]).astype(np.int64).reshape(2, -1)
+    return edge_index, np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
+
+
 def from_atoms(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype = torch.float32) -> AtomicGraph:
     """Build the graph of one structure with a vesin neighbour list.
 
@@ -92,25 +158,16 @@ def from_atoms(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype = torch.float
     """
     positions = np.ascontiguousarray(atoms.get_positions(), dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
-    cell = np.asarray(atoms.cell[:], dtype=np.float64)
-    if pbc.any() and abs(np.linalg.det(cell)) < 1e-9:
-        raise ValueError(
-            f"structure {atoms.get_chemical_formula()} is periodic (pbc={pbc.tolist()}) but "
-            "its cell has zero volume: set a cell or make it non-periodic"
-        )
-    if not pbc.any():
-        # A molecule's cell carries no physics; a zero cell keeps the graph free of it.
-        cell = np.zeros((3, 3))
-    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
-    i, j, shifts = nl.compute(points=positions, box=cell, periodic=pbc, quantities="ijS")
+    cell = structure_cell(atoms.cell[:], pbc, atoms.get_chemical_formula())
+    edge_index, shifts = neighbour_list(positions, cell, pbc, cutoff)
     n = len(atoms)
     return AtomicGraph(
         positions=torch.tensor(positions, dtype=dtype),
         numbers=torch.tensor(atoms.numbers, dtype=torch.long),
         cell=torch.tensor(cell, dtype=dtype).unsqueeze(0),
         pbc=torch.tensor(pbc).unsqueeze(0),
-        edge_index=torch.tensor(np.stack([i, j]), dtype=torch.long).reshape(2, -1),
-        cell_shifts=torch.tensor(shifts, dtype=dtype).reshape(-1, 3),
+        edge_index=torch.tensor(edge_index, dtype=torch.long),
+        cell_shifts=torch.tensor(shifts, dtype=dtype),
         batch=torch.zeros(n, dtype=torch.long),
         ptr=torch.tensor([0, n], dtype=torch.long),
     )

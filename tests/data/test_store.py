@@ -85,7 +85,7 @@ def test_pack_and_load(tmp_path):
     frames = _frames(10)
     store = LabelStore(tmp_path / "data")
     store.write_shard(frames, _labels(frames), list(range(10)), "toy", "1")
-    packed = pack(store, tmp_path / "data" / "dataset.h5", 0.2, 0.2, seed=0)
+    packed = pack(store, tmp_path / "data" / "dataset.h5", 0.2, 0.2, seed=0, cutoff=4.0)
     loaded = load_dataset(tmp_path / "data" / "dataset.h5")
     assert len(loaded) == len(packed) == 10
     test = loaded.subset("test")

@@ -2,6 +2,13 @@
 
 Splits are by ``system_id`` (the molecule or crystal a frame came from), never by frame:
 frames of one molecule in both train and test would measure memorisation, not distillation.
+
+The file also holds the neighbour list of every structure (``edge_ptr``, ``edges``,
+``cell_shifts``; see :mod:`mlff_distiller.data.store`), computed once when the labels are
+packed, with its cutoff in the attribute ``neighbour_cutoff`` (Å): training reads them
+instead of searching neighbours again. A dataset written before neighbour lists were stored,
+or packed for another cutoff, still loads: :meth:`PackedDataset.with_neighbours` then builds
+the lists in memory.
 """
 
 from __future__ import annotations
@@ -15,8 +22,12 @@ import numpy as np
 
 from mlff_distiller import keys
 from mlff_distiller.data.store import LabelStore, read_arrays, reorder, write_arrays
+from mlff_distiller.graph import neighbour_list, structure_cell
 
 SPLITS = ("train", "val", "test")
+
+NEIGHBOUR_CUTOFF = "neighbour_cutoff"
+"""Attribute of ``dataset.h5``: cutoff (Å) of the stored neighbour lists."""
 
 
 def split_by_system(
@@ -63,14 +74,18 @@ class PackedDataset:
     Attributes
     ----------
     arrays
-        Shard-layout arrays, plus ``split`` (n,) when packed.
+        Shard-layout arrays, plus ``split`` (n,) when packed and the neighbour lists
+        (``edge_ptr``, ``edges``, ``cell_shifts``) when ``neighbour_cutoff`` is set.
     teacher_name, teacher_version
         Provenance of the labels.
+    neighbour_cutoff
+        Cutoff (Å) of the stored neighbour lists; None when there are none.
     """
 
     arrays: dict[str, np.ndarray]
     teacher_name: str
     teacher_version: str
+    neighbour_cutoff: float | None = None
 
     def __len__(self) -> int:
         return len(self.arrays[keys.TEACHER_ENERGY])
@@ -80,7 +95,14 @@ class PackedDataset:
         order = np.flatnonzero(self.arrays["split"] == SPLITS.index(split))
         sub = reorder(self.arrays, order)
         sub["split"] = self.arrays["split"][order]
-        return PackedDataset(sub, self.teacher_name, self.teacher_version)
+        return PackedDataset(sub, self.teacher_name, self.teacher_version, self.neighbour_cutoff)
+
+    def with_neighbours(self, cutoff: float) -> PackedDataset:
+        """The dataset with neighbour lists of ``cutoff`` (Å): itself if it has them."""
+        if self.neighbour_cutoff == float(cutoff):
+            return self
+        arrays = {**self.arrays, **neighbour_arrays(self.arrays, cutoff)}
+        return PackedDataset(arrays, self.teacher_name, self.teacher_version, float(cutoff))
 
     def n_atoms(self) -> np.ndarray:
         """(n,) atoms per structure."""
@@ -107,19 +129,80 @@ class PackedDataset:
         return sorted(set(self.arrays[keys.SYSTEM_ID].tolist()))
 
 
+def neighbour_arrays(arrays: dict[str, np.ndarray], cutoff: float) -> dict[str, np.ndarray]:
+    """Neighbour lists of every structure of shard-layout ``arrays``.
+
+    The same vesin search as :func:`mlff_distiller.graph.from_atoms`, in the same edge order,
+    so a graph built from these arrays equals the one built from the structure.
+
+    Parameters
+    ----------
+    arrays
+        Shard-layout arrays (``ptr``, ``positions``, ``cell``, ``pbc``, ...).
+    cutoff
+        Cutoff radius, Å.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        ``edge_ptr`` (n + 1,) int64, ``edges`` (E, 2) int32 atom indices within each
+        structure, ``cell_shifts`` (E, 3) integer images (int8 when they fit, else int32).
+    """
+    ptr = arrays["ptr"]
+    edges, shifts = [], []
+    for k in range(len(ptr) - 1):
+        a, b = ptr[k], ptr[k + 1]
+        pbc = arrays["pbc"][k]
+        name = f"{k} ({arrays[keys.SYSTEM_ID][k]})" if keys.SYSTEM_ID in arrays else str(k)
+        cell = structure_cell(arrays["cell"][k], pbc, name)
+        edge_index, cell_shifts = neighbour_list(arrays["positions"][a:b], cell, pbc, cutoff)
+        edges.append(edge_index.T)
+        shifts.append(cell_shifts)
+    counts = np.array([len(e) for e in edges], dtype=np.int64)
+    all_shifts = np.concatenate(shifts) if shifts else np.zeros((0, 3), dtype=np.int64)
+    small = all_shifts.size == 0 or np.abs(all_shifts).max() <= np.iinfo(np.int8).max
+    return {
+        "edge_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "edges": (np.concatenate(edges) if edges else np.zeros((0, 2))).astype(np.int32),
+        "cell_shifts": all_shifts.astype(np.int8 if small else np.int32),
+    }
+
+
 def pack(
-    store: LabelStore, path: Path, val_fraction: float, test_fraction: float, seed: int
+    store: LabelStore,
+    path: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    cutoff: float,
 ) -> PackedDataset:
-    """Join the shards of ``store``, split them by system and write ``path`` atomically."""
+    """Join the shards of ``store``, split by system, add neighbour lists, write ``path``.
+
+    The file is written atomically; the neighbour lists use ``cutoff`` (Å), the student's.
+    """
     arrays, attrs = store.read_all()
     arrays["split"] = split_by_system(arrays[keys.SYSTEM_ID], val_fraction, test_fraction, seed)
-    write_arrays(path, arrays, attrs)
-    return PackedDataset(arrays, attrs[keys.TEACHER_NAME], attrs[keys.TEACHER_VERSION])
+    arrays.update(neighbour_arrays(arrays, cutoff))
+    write_arrays(path, arrays, {**attrs, NEIGHBOUR_CUTOFF: repr(float(cutoff))})
+    return PackedDataset(
+        arrays, attrs[keys.TEACHER_NAME], attrs[keys.TEACHER_VERSION], float(cutoff)
+    )
 
 
 def load_dataset(path: Path) -> PackedDataset:
-    """Read a packed dataset written by :func:`pack`."""
+    """Read a packed dataset written by :func:`pack` (neighbour lists or not)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no packed dataset (run the label stage first)")
     arrays, attrs = read_arrays(path)
-    return PackedDataset(arrays, attrs[keys.TEACHER_NAME], attrs[keys.TEACHER_VERSION])
+    cutoff = attrs.get(NEIGHBOUR_CUTOFF)
+    if cutoff is None or "edge_ptr" not in arrays:
+        # Written before neighbour lists were stored: usable, lists are built when needed.
+        for name in ("edge_ptr", "edges", "cell_shifts"):
+            arrays.pop(name, None)
+        cutoff = None
+    return PackedDataset(
+        arrays,
+        attrs[keys.TEACHER_NAME],
+        attrs[keys.TEACHER_VERSION],
+        None if cutoff is None else float(cutoff),
+    )

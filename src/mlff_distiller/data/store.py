@@ -26,11 +26,21 @@ name                shape        unit     meaning
 ==================  ===========  =======  ===========================================
 
 Attributes: ``teacher_name``, ``teacher_version``.
+
+The packed dataset (:mod:`mlff_distiller.data.dataset`) adds the neighbour list of every
+structure (``E`` directed edges in total); :func:`reorder` keeps them with their structures:
+
+==================  ===========  =======  ===========================================
+``edge_ptr``        (n + 1,)              edge offsets
+``edges``           (E, 2)                ``[i, j]`` atom indices within the structure
+``cell_shifts``     (E, 3)                integer cell image of ``j``
+==================  ===========  =======  ===========================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import ase
@@ -38,13 +48,14 @@ import h5py
 import numpy as np
 
 from mlff_distiller import keys
-from mlff_distiller.atomic import atomic_path
+from mlff_distiller.atomic import CorruptFileError, atomic_path
 from mlff_distiller.teachers.base import Labels
 
 _STR = h5py.string_dtype()
 PER_STRUCTURE = ("index", "cell", "pbc", keys.TEACHER_ENERGY, keys.TEACHER_STRESS, "has_stress")
 PER_ATOM = ("numbers", "positions", keys.TEACHER_FORCES)
 STRINGS = (keys.SYSTEM_ID, keys.SAMPLER)
+PER_EDGE = ("edges", "cell_shifts")
 
 
 class ShardMismatchError(ValueError):
@@ -92,12 +103,37 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str
 
 
 def read_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read every dataset and attribute of an HDF5 file written by :func:`write_arrays`."""
-    with h5py.File(path, "r") as f:
+    """Read every dataset and attribute of an HDF5 file written by :func:`write_arrays`.
+
+    Raises
+    ------
+    CorruptFileError
+        If the file is not a readable HDF5 file (truncated, corrupted, another format).
+    """
+    with _reading(path), h5py.File(path, "r") as f:
         arrays = {}
         for name, ds in f.items():
             arrays[name] = ds.asstr()[...] if ds.dtype == _STR else ds[...]
         return arrays, {k: str(v) for k, v in f.attrs.items()}
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn h5py's errors on a damaged file into one that names the file and the fix."""
+    try:
+        yield
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        if Path(path).name.startswith("shard-"):
+            fix = "delete it and run the same command again: its structures are labelled again"
+        else:
+            fix = "delete it and run `mlff-distill label` again: it is packed again from the shards"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CorruptFileError(
+            f"{path} is not a readable data file of this project, truncated or corrupted "
+            f"({reason}): {fix}"
+        ) from None
 
 
 def concatenate(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -114,12 +150,30 @@ def concatenate(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]
 
 
 def reorder(arrays: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
-    """Select and reorder structures of shard-layout arrays (``order``: structure indices)."""
-    ptr = arrays["ptr"]
-    atom_idx = np.concatenate([np.arange(ptr[k], ptr[k + 1]) for k in order] or [[]]).astype(int)
+    """Select and reorder structures of shard-layout arrays (``order``: structure indices).
+
+    Neighbour lists (``edge_ptr``, ``edges``, ``cell_shifts``) follow their structures when
+    present.
+    """
+    order = np.asarray(order, dtype=np.int64)
     out = {name: arrays[name][order] for name in (*PER_STRUCTURE, *STRINGS)}
-    out.update({name: arrays[name][atom_idx] for name in PER_ATOM})
-    out["ptr"] = np.concatenate([[0], np.cumsum(np.diff(ptr)[order])]).astype(np.int64)
+    out.update(_select_segments(arrays, "ptr", PER_ATOM, order))
+    if "edge_ptr" in arrays:
+        out.update(_select_segments(arrays, "edge_ptr", PER_EDGE, order))
+    return out
+
+
+def _select_segments(
+    arrays: dict[str, np.ndarray], ptr_name: str, names: Sequence[str], order: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Rows ``ptr[k]:ptr[k + 1]`` of each array in ``names`` for every ``k`` in ``order``."""
+    ptr = arrays[ptr_name]
+    lengths = np.diff(ptr)[order]
+    new_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    # Row r of the output comes from ptr[k] + (r - new_ptr[k]) for the k it falls in.
+    rows = np.arange(new_ptr[-1]) + np.repeat(ptr[order] - new_ptr[:-1], lengths)
+    out = {name: arrays[name][rows] for name in names}
+    out[ptr_name] = new_ptr
     return out
 
 
@@ -144,15 +198,16 @@ class LabelStore:
         """Indices of structures already labelled; checks every shard's teacher."""
         done: set[int] = set()
         for path in self.shard_paths():
-            with h5py.File(path, "r") as f:
+            with _reading(path), h5py.File(path, "r") as f:
                 name = str(f.attrs.get("teacher_name", ""))
-                if teacher_name is not None and name != teacher_name:
-                    raise ShardMismatchError(
-                        f"{path} was labelled by teacher '{name}', but this run asks for "
-                        f"'{teacher_name}': use a new run directory, or delete {self.directory}"
-                        " to relabel"
-                    )
-                done.update(int(i) for i in f["index"][...])
+                indices = [int(i) for i in f["index"][...]]
+            if teacher_name is not None and name != teacher_name:
+                raise ShardMismatchError(
+                    f"{path} was labelled by teacher '{name}', but this run asks for "
+                    f"'{teacher_name}': use a new run directory, or delete {self.directory}"
+                    " to relabel"
+                )
+            done.update(indices)
         return done
 
     def write_shard(

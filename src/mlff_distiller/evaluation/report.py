@@ -65,10 +65,11 @@ def evaluate(config: Config, run_dir: Path) -> dict[str, Any]:
         },
     }
     report = run_dir / "report"
-    write_json(report / "metrics.json", metrics)
     plot_parity(pred, test.arrays, report / "parity.png", dataset.teacher_name, metrics)
     if (run_dir / "logs" / "metrics.csv").is_file():
         plot_learning_curves(run_dir / "logs" / "metrics.csv", report / "learning_curves.png")
+    # Last: metrics.json marks the evaluation done, so a run stopped before it plots again.
+    write_json(report / "metrics.json", metrics)
     return metrics
 
 
