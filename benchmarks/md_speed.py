@@ -33,15 +33,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +49,7 @@ from ase.md.verlet import VelocityVerlet
 
 sys.path.insert(0, str(Path(__file__).parent))
 import systems
+from provenance import environment
 
 from mlff_distiller.deploy.artefact import load_student
 from mlff_distiller.deploy.calculator import StudentCalculator
@@ -215,6 +212,18 @@ def single(args: argparse.Namespace, results: list, save: Callable[[], None]) ->
             save()
 
 
+def block_rates(steps: Callable[[int], None], rounds: int, device: str, k: int = 20) -> list[float]:
+    """Steps/s of ``rounds`` timed blocks of ``k`` steps each (device synchronised)."""
+    rates = []
+    for _ in range(rounds):
+        sync(device)
+        start = time.perf_counter()
+        steps(k)
+        sync(device)
+        rates.append(k / (time.perf_counter() - start))
+    return rates
+
+
 def engine_verlet(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
     """Velocity Verlet of ``replicas`` copies, all on the device, through the student engine."""
     device = args.device
@@ -250,14 +259,7 @@ def engine_verlet(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> 
     steps(3)
     sync(device)
     first = time.perf_counter() - start
-    rates = []
-    for _ in range(args.rounds):
-        k = 20
-        sync(device)
-        start = time.perf_counter()
-        steps(k)
-        sync(device)
-        rates.append(k / (time.perf_counter() - start))
+    rates = block_rates(steps, args.rounds, device)
     rate = statistics.median(rates)
     out = {
         "engine": "engine-verlet",
@@ -366,15 +368,13 @@ def torchsim_nvt(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> d
         state = ts.nvt_langevin_step(state, model, dt=dt, kT=kt)
     sync(device)
     first = time.perf_counter() - start
-    rates = []
-    for _ in range(args.rounds):
-        k = 20
-        sync(device)
-        start = time.perf_counter()
+
+    def steps(k: int) -> None:
+        nonlocal state
         for _ in range(k):
             state = ts.nvt_langevin_step(state, model, dt=dt, kT=kt)
-        sync(device)
-        rates.append(k / (time.perf_counter() - start))
+
+    rates = block_rates(steps, args.rounds, device)
     rate = statistics.median(rates)
     out = {
         "engine": "torchsim-nvt",
@@ -393,57 +393,6 @@ def torchsim_nvt(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> d
     if device.startswith("cuda"):
         out["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
-
-
-def environment(device: str) -> dict[str, Any]:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        commit = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    # A copy of the tree (the GPU machine's) may carry a stale .git: a digest of the code
-    # that ran identifies it whatever git says.
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted([*root.glob("src/mlff_distiller/**/*.py"), *root.glob("benchmarks/*.py")]):
-        digest.update(path.read_bytes())
-    env = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "git_commit": commit or None,
-        "source_digest": digest.hexdigest()[:16],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "versions": {
-            name: version(name)
-            for name in [
-                "torch",
-                "mlff-distiller",
-                "ase",
-                "vesin",
-                "vesin-torch",
-                "sevenn",
-                "chgnet",
-                "torch-sim-atomistic",
-                "numpy",
-            ]
-        },
-        "timestep_fs": TIMESTEP_FS,
-    }
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
-    return env
 
 
 def _rate(steps_per_s: float) -> str:
@@ -536,7 +485,7 @@ def main() -> None:
         parser.error("--out is required to run the benchmark")
 
     result: dict[str, Any] = {
-        "environment": environment(args.device),
+        "environment": {**environment(args.device), "timestep_fs": TIMESTEP_FS},
         "args": {**vars(args), "out": str(args.out)},
         "single": [],
         "batched": [],

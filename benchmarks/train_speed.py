@@ -41,13 +41,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
+import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +52,9 @@ import numpy as np
 import torch
 import vesin
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import environment
 
 from mlff_distiller import keys
 from mlff_distiller.data.batching import Capacity, GraphSet, plan_batches, plan_steps
@@ -367,38 +367,6 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Hardware, versions and commit of this measurement."""
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    env = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "git_commit": commit or None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "versions": {n: version(n) for n in ["torch", "mlff-distiller", "numpy", "vesin"]},
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
 
 
 def main() -> None:
