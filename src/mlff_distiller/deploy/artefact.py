@@ -9,9 +9,11 @@ from __future__ import annotations
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import ase.data
 import torch
 
 import mlff_distiller
@@ -25,6 +27,25 @@ _FIX = (
     "train` writes it again from the checkpoints)"
 )
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³ (ASE sign)"}
+
+
+def check_elements(numbers: Iterable[int], elements: set[int] | None, where: str) -> None:
+    """Refuse atomic numbers outside the student's training elements (``None``: any).
+
+    Raises
+    ------
+    ValueError
+        Naming ``where`` (the structure or state) and the unseen elements.
+    """
+    if not elements:
+        return
+    unseen = {int(z) for z in numbers} - elements
+    if unseen:
+        symbols = ", ".join(ase.data.chemical_symbols[z] for z in sorted(unseen))
+        raise ValueError(
+            f"{where}: the student was never trained on {symbols}; distil a student on data "
+            "that contains these elements"
+        )
 
 
 def save_student(path: str | Path, model: PaiNN, metadata: dict[str, Any]) -> None:

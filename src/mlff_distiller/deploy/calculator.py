@@ -19,7 +19,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlff_distiller import keys
-from mlff_distiller.deploy.artefact import load_student
+from mlff_distiller.deploy.artefact import check_elements, load_student
 from mlff_distiller.deploy.engine import DEFAULT_SKIN, StudentEngine
 from mlff_distiller.graph import batch_graphs, from_atoms
 from mlff_distiller.models import PaiNN, predict
@@ -175,13 +175,7 @@ class StudentCalculator(Calculator):
         """Atomic numbers as a tensor, refused if the student never saw one of the elements."""
         if self._numbers is not None and np.array_equal(atoms.numbers, self._numbers):
             return self._numbers_tensor
-        unseen = set(atoms.numbers.tolist()) - self.elements if self.elements else set()
-        if unseen:
-            symbols = ", ".join(sorted(ase.data.chemical_symbols[z] for z in unseen))
-            raise ValueError(
-                f"{atoms.get_chemical_formula()}: the student was never trained on {symbols}; "
-                "distil a student on data that contains these elements"
-            )
+        check_elements(atoms.numbers.tolist(), self.elements, atoms.get_chemical_formula())
         self._numbers = atoms.numbers.copy()
         self._numbers_tensor = torch.from_numpy(self._numbers.astype(np.int64))
         return self._numbers_tensor

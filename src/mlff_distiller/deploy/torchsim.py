@@ -42,7 +42,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import ase.data
 import torch
 
 try:
@@ -53,7 +52,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "pip install 'mlff-distiller[torchsim]'"
     ) from error
 
-from mlff_distiller.deploy.artefact import load_student
+from mlff_distiller.deploy.artefact import check_elements, load_student
 from mlff_distiller.deploy.engine import DEFAULT_SKIN, StudentEngine
 from mlff_distiller.keys import ENERGY, FORCES, STRESS
 from mlff_distiller.models import PaiNN
@@ -226,13 +225,7 @@ class StudentModel(ModelInterface):
             return
         if numbers is self._checked_numbers and numbers._version == self._checked_version:
             return
-        unseen = {int(z) for z in torch.unique(numbers).tolist()} - self._elements
-        if unseen:
-            symbols = ", ".join(ase.data.chemical_symbols[z] for z in sorted(unseen))
-            raise ValueError(
-                f"the TorchSim state holds {symbols}, which the student was never trained "
-                "on; distil a student on data that contains these elements"
-            )
+        check_elements(torch.unique(numbers).tolist(), self._elements, "the TorchSim state")
         self._checked_numbers = numbers
         self._checked_version = numbers._version
 
