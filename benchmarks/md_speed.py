@@ -6,7 +6,8 @@ What is timed (see ``../shared/design/BENCHMARKING.md``):
   step, so no calculator cache is ever hit), for each system of ``benchmarks/systems.py``
   (peptides of 33 to 1,003 atoms, a periodic water box of 3,000 atoms) and each engine:
   ``student-fast`` (the default calculator: skin neighbour list, CUDA-graph replay on a GPU),
-  ``student-compiled`` (the same after ``torch.compile``, GPU only), ``student-eager`` (the
+  ``student-compiled`` (the same with ``compile=True``: on a GPU the model compiled before
+  capture, on the CPU energy and forces compiled as one function), ``student-eager`` (the
   pre-engine path: neighbour list rebuilt and eager PyTorch at every step), and the teachers
   ``sevennet`` (SevenNet-0's own ASE calculator) and ``chgnet`` where installed.
   Engines are measured alternately, in ``--rounds`` blocks of about ``--block-seconds``
@@ -173,8 +174,6 @@ def single(args: argparse.Namespace, results: list, save: Callable[[], None]) ->
         runs: list[tuple[str | None, Trajectory]] = []
         skipped: dict[str, str] = {}
         for engine in args.engines:
-            if engine == "student-compiled" and args.device == "cpu":
-                continue
             teacher = engine in ("sevennet", "chgnet")
             for spec in [None] if teacher else args.students:
                 try:

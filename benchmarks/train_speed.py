@@ -16,12 +16,20 @@ this process, ``--repeats`` blocks of ``--steps`` steps each after ``--warmup`` 
 - ``mlff_distiller``: the trainer's path: the whole set on the device
   (:class:`~mlff_distiller.data.batching.GraphSet`, neighbour lists computed once), batches
   gathered there by index, :class:`~mlff_distiller.training.step.TrainStep` (normalised
-  loss, backward, clipping, AdamW, EMA). With ``--static`` also on batches padded to fixed
-  capacities (what a captured step will run). On the mixed workload also with an edge
-  budget (``batch_size`` times the mean edges per structure), which makes steps of equal cost.
+  loss, backward, clipping, AdamW, EMA). With ``--static`` also
+  :class:`~mlff_distiller.training.step.StaticTrainStep` on batches padded to fixed
+  capacities: on CUDA the whole step captured once in a CUDA graph and replayed (rows with
+  ``"captured": true``; the capture, in the warm-up, is not timed), on a CPU run eagerly. On
+  the mixed workload also with an edge budget (``batch_size`` times the mean edges per
+  structure), which makes steps of equal cost.
 - ``plain_eager``: a textbook PaiNN (separate message and update modules, messages built per
   edge), per-structure tensors on the device concatenated per batch in Python, forces by
   autograd, the same loss terms, AdamW.
+
+With ``--static`` the JSON also holds ``loss_curves``: the eager step and the static one
+(captured on CUDA) trained from the same initial weights on the same ``--curve-steps``
+batches of ``--curve-batch-size`` (uniform workload) under a warm-up LR, with the largest
+absolute and relative difference of their losses.
 
 Reported per configuration: median ms/step with every block, structures/s, s/epoch (the
 training set at that throughput: an extrapolation, stated as such), peak GPU memory
@@ -31,7 +39,8 @@ such. GPU times are read after ``torch.cuda.synchronize()``.
 
 Usage::
 
-    python benchmarks/train_speed.py --device cuda --out benchmarks/results/train_speed-h100.json
+    python benchmarks/train_speed.py --device cuda --static \
+        --out benchmarks/results/train_speed-h100.json
     python benchmarks/train_speed.py --device cpu --structures 64 --batch-sizes 8 16 \\
         --steps 3 --repeats 3 --out benchmarks/results/train_speed-cpu.json
 """
@@ -59,12 +68,14 @@ from provenance import environment
 from mlff_distiller import keys
 from mlff_distiller.data.batching import Capacity, GraphSet, plan_batches, plan_steps
 from mlff_distiller.data.dataset import PackedDataset
+from mlff_distiller.graph import padding_length
 from mlff_distiller.models import PaiNN
 from mlff_distiller.training.losses import DistillationLoss, LossScales
-from mlff_distiller.training.step import ExponentialMovingAverage, TrainStep
-from mlff_distiller.training.trainer import padding_length
+from mlff_distiller.training.step import ExponentialMovingAverage, StaticTrainStep, TrainStep
 
 ELEMENTS = np.array([1, 6, 7, 8])
+LR = 1e-4
+"""AdamW learning rate of every timed step (and the peak of the loss-curve comparison)."""
 
 
 # --- workloads --------------------------------------------------------------------------
@@ -200,7 +211,7 @@ def plain_step_factory(
     """A naive training step: per-structure tensors concatenated per batch in Python."""
     torch.manual_seed(0)
     model = PlainPaiNN(128, 3, 20, cutoff).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
 
     def step(index: np.ndarray) -> None:
         batch = [structures[k] for k in index]
@@ -228,28 +239,66 @@ def plain_step_factory(
 
 
 def ours_step_factory(
-    graphs: GraphSet, scales: LossScales, cutoff: float, plans: list, static: bool
-) -> Callable:
-    """The trainer's step on batches gathered from the device-resident set."""
+    graphs: GraphSet,
+    scales: LossScales,
+    cutoff: float,
+    plans: list,
+    static: bool,
+    lean: bool = False,
+) -> tuple[Callable, TrainStep | StaticTrainStep]:
+    """The trainer's step on batches gathered from the device-resident set.
+
+    ``static``: a :class:`StaticTrainStep` whose capacities hold every planned batch,
+    captured in a CUDA graph on CUDA. Returns a function of a plan, and the step.
+    """
     torch.manual_seed(0)
-    model = PaiNN(128, 3, 20, cutoff).to(graphs.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model = PaiNN(128, 3, 20, cutoff, lean_messages=lean).to(graphs.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     loss = DistillationLoss(1.0, 1.0, scales=scales)
-    step = TrainStep(model, optimizer, ExponentialMovingAverage(model, 0.99), loss, 10.0)
-    # Capacities that hold every planned batch (the trainer derives them from the budgets).
-    cap = None
+    step: TrainStep | StaticTrainStep = TrainStep(
+        model, optimizer, ExponentialMovingAverage(model, 0.99), loss, 10.0
+    )
     if static:
         cap = Capacity(
             max(len(p.index) for p in plans),
             max(p.n_atoms for p in plans) + 1,
             max(p.n_edges for p in plans),
         )
+        cuda_graph = graphs.device.type == "cuda"
+        step = StaticTrainStep(step, cap, padding_length(cutoff), cuda_graph=cuda_graph)
 
-    def run(plan) -> None:
-        graph, targets = graphs.gather(plan.index, plan.weights, cap, padding_length(cutoff))
-        step(graph, targets)
+    def run(plan) -> torch.Tensor:
+        return step(*graphs.gather(plan.index, plan.weights))
 
-    return run
+    return run, step
+
+
+def loss_curves(
+    graphs: GraphSet, scales: LossScales, cutoff: float, plans: list, steps: int
+) -> dict[str, Any]:
+    """The eager and the static (captured on CUDA) step trained side by side.
+
+    Both start from the same weights and take the same ``steps`` batches (cycling) with the
+    LR rising linearly over the first 50 steps to :data:`LR`.
+    """
+    curves = {}
+    for name, static in (("eager", False), ("static", True)):
+        run, step = ours_step_factory(graphs, scales, cutoff, plans, static)
+        losses = []
+        for k in range(steps):
+            step.set_lr(LR * min(1.0, (k + 1) / 50))
+            losses.append(run(plans[k % len(plans)]))
+        curves[name] = torch.stack(losses).double().cpu()
+    difference = (curves["static"] - curves["eager"]).abs()
+    return {
+        "steps": steps,
+        "structures_per_step": len(plans[0].index),
+        "captured": graphs.device.type == "cuda",
+        "max_abs_difference": float(difference.max()),
+        "max_rel_difference": float((difference / curves["eager"].abs()).max()),
+        "eager": curves["eager"].tolist(),
+        "static": curves["static"].tolist(),
+    }
 
 
 # --- timing -------------------------------------------------------------------------------
@@ -272,7 +321,7 @@ def time_block(run: Callable, items: list, start: int, steps: int, device: torch
 
 
 def attempt(
-    runners: dict[str, tuple[Callable, list]],
+    runners: dict[str, tuple[Callable, list, Any]],
     key: str,
     start: int,
     steps: int,
@@ -281,7 +330,7 @@ def attempt(
     context: dict[str, Any],
 ) -> float | None:
     """One timed block; a configuration out of GPU memory is dropped and recorded in rows."""
-    run, items = runners[key]
+    run, items, _ = runners[key]
     try:
         return time_block(run, items, start, steps, device)
     except torch.cuda.OutOfMemoryError:
@@ -308,22 +357,25 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
     for batch_size in args.batch_sizes:
         plain_batches = plan_batches(order, n_atoms, n_edges, batch_size)
         count = plan_steps(plain_batches, n_atoms, n_edges, has_stress)
-        variants: dict[str, tuple[list, bool]] = {"count": (count, False)}
+        variants: dict[str, tuple[list, bool, bool]] = {"count": (count, False, False)}
         if args.static:
-            variants["count+static"] = (count, True)
+            variants["count+static"] = (count, True, False)
+        if args.lean:
+            variants["count+lean"] = (count, False, True)
         if name == "mixed":
             budget = int(batch_size * n_edges.mean())
             edge_batches = plan_batches(order, n_atoms, n_edges, 4 * batch_size, max_edges=budget)
-            variants["edge-budget"] = (
-                plan_steps(edge_batches, n_atoms, n_edges, has_stress),
-                False,
-            )
-        runners: dict[str, tuple[Callable, list]] = {}
-        for variant, (plans, static) in variants.items():
-            run = ours_step_factory(graphs, scales, args.cutoff, plans, static)
-            runners[f"mlff_distiller/{variant}"] = (run, plans)
+            edge_plans = plan_steps(edge_batches, n_atoms, n_edges, has_stress)
+            variants["edge-budget"] = (edge_plans, False, False)
+            if args.static:
+                variants["edge-budget+static"] = (edge_plans, True, False)
+        # key -> (function of a batch, the batches, the step object or None)
+        runners: dict[str, tuple[Callable, list, Any]] = {}
+        for variant, (plans, static, lean) in variants.items():
+            run, step = ours_step_factory(graphs, scales, args.cutoff, plans, static, lean)
+            runners[f"mlff_distiller/{variant}"] = (run, plans, step)
         plain = plain_step_factory(structures, args.cutoff, device)
-        runners["plain_eager/count"] = (plain, plain_batches)
+        runners["plain_eager/count"] = (plain, plain_batches, None)
         times: dict[str, list[float]] = {key: [] for key in runners}
         peak: dict[str, float | None] = {key: None for key in runners}
 
@@ -342,7 +394,7 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
                 seconds = attempt(runners, key, start, args.steps, device, rows, context)
                 if seconds is not None:
                     times[key].append(seconds)
-        for key, (_, items) in runners.items():
+        for key, (_, items, step) in runners.items():
             implementation, batching = key.split("/")
             seconds = statistics.median(times[key])
             per_step = len(dataset) / len(items)  # mean structures per step of this batching
@@ -358,7 +410,15 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
                 "s_per_epoch_extrapolated": len(dataset) / (per_step / seconds),
                 "peak_memory_gib": peak[key],
             }
-            if key == "mlff_distiller/count" and "plain_eager/count" in runners:
+            if isinstance(step, StaticTrainStep):
+                row["captured"] = step.cuda_graph
+                row["capture_seconds"] = step.capture_seconds
+            same_batches = batching in ("count", "count+static")
+            if (
+                implementation == "mlff_distiller"
+                and same_batches
+                and "plain_eager/count" in runners
+            ):
                 row["plain_over_ours"] = statistics.median(times["plain_eager/count"]) / seconds
             rows.append(row)
             brief = {k: v for k, v in row.items() if k != "ms_per_step_blocks"}
@@ -383,7 +443,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per config")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--static", action="store_true", help="also time padded batches")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="also time padded batches (captured in a CUDA graph on CUDA) and compare loss curves",
+    )
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="also time the memory-lean messages (model.lean_messages=true), eagerly",
+    )
+    parser.add_argument("--curve-steps", type=int, default=300, help="steps of the loss curves")
+    parser.add_argument("--curve-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args()
@@ -413,6 +484,18 @@ def main() -> None:
         }
         print(json.dumps({name: result["workloads"][name]}), flush=True)
         result["results"] += measure(args, name, dataset, device)
+        if args.static and name == "uniform" and args.curve_steps > 0:
+            n_atoms, n_edges = np.diff(dataset.arrays["ptr"]), np.diff(dataset.arrays["edge_ptr"])
+            order = np.random.default_rng(2).permutation(len(dataset))
+            batches = plan_batches(order, n_atoms, n_edges, args.curve_batch_size)
+            plans = plan_steps(batches, n_atoms, n_edges, np.zeros(len(dataset), dtype=bool))
+            graphs = GraphSet.from_dataset(dataset, args.cutoff, device=device, resident=True)
+            curves = loss_curves(
+                graphs, LossScales.from_dataset(dataset), args.cutoff, plans, args.curve_steps
+            )
+            result["loss_curves"] = curves
+            brief = {k: v for k, v in curves.items() if k not in ("eager", "static")}
+            print(json.dumps({"loss_curves": brief}), flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

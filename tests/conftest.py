@@ -60,3 +60,12 @@ def packed_dataset_path(tmp_path_factory):
 def packed_dataset(packed_dataset_path):
     """The packed dataset of ``packed_dataset_path``."""
     return load_dataset(packed_dataset_path)
+
+
+@pytest.fixture(scope="session")
+def sevennet0():
+    """SevenNet-0 on the CPU, labelling in batches (the default budget); loaded once."""
+    pytest.importorskip("sevenn")
+    from mlff_distiller.teachers import get_teacher
+
+    return get_teacher("7net-0")

@@ -26,6 +26,14 @@ TINY = {
     "data": {"val_fraction": 0.1, "test_fraction": 0.2},
     "model": {"n_features": 16, "n_blocks": 2, "n_rbf": 8, "cutoff": 4.0},
     "training": {"epochs": 2, "batch_size": 4},
+    "validate_md": {
+        "nve_student_steps": 20,
+        "nve_teacher_steps": 10,
+        "temperatures_K": [300],
+        "nvt_student_steps": 20,
+        "nvt_teacher_steps": 10,
+        "on_policy_frames": 2,
+    },
 }
 
 ONE_ATOM_XYZ = "1\nProperties=species:S:1:pos:R:3\nH 0 0 0\n"
@@ -71,6 +79,11 @@ def test_run_all_stages_then_continue(tmp_path):
         "logs/metrics.csv",
         "report/parity.png",
         "report/learning_curves.png",
+        "report/md.json",
+        "data/filters.json",
+        "report/data_report.json",
+        "report/data/histograms.png",
+        "report/data/elements.png",
     ):
         assert (run / produced).is_file(), produced
     assert len((run / "logs" / "metrics.csv").read_text().splitlines()) == 1 + 2
@@ -79,6 +92,7 @@ def test_run_all_stages_then_continue(tmp_path):
     again = runner.invoke(app, ["run", str(path)])
     assert again.exit_code == 0, again.output
     assert "generate: done" in again.output
+    assert "data-report: " in again.output
     assert "train: done" in again.output
     more = runner.invoke(app, ["train", str(run), "training.epochs=3", "--accept-changes"])
     assert more.exit_code == 0, more.output
@@ -160,3 +174,25 @@ def test_ctrl_c_stops_cleanly_and_the_run_continues(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert "resuming training after epoch" in resumed.output
     assert (tmp_path / "run" / "model" / "student.pt").is_file()
+
+
+def test_export_data_writes_a_split_as_extxyz(tmp_path, packed_dataset_path, packed_dataset):
+    import shutil
+
+    import ase.io
+
+    (tmp_path / "run" / "data").mkdir(parents=True)
+    shutil.copy(packed_dataset_path, tmp_path / "run" / "data" / "dataset.h5")
+    out = tmp_path / "train.extxyz"
+    result = runner.invoke(
+        app, ["export-data", str(tmp_path / "run"), str(out), "--split", "train"]
+    )
+    assert result.exit_code == 0, result.output
+    n_train = int((packed_dataset.arrays["split"] == 0).sum())
+    assert f"({n_train} structures, split train)" in result.output
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == n_train
+    assert {f.info["split"] for f in frames} == {"train"}
+    missing = runner.invoke(app, ["export-data", str(tmp_path / "nowhere"), str(out)])
+    assert missing.exit_code == 2
+    assert "is not a run directory" in missing.output

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from mlff_distiller.graph import batch_graphs, copy_into_padded, from_atoms, pad_graph
+from mlff_distiller.graph import (
+    batch_graphs,
+    copy_into_padded,
+    from_atoms,
+    pad_graph,
+    padding_length,
+)
 from mlff_distiller.models import predict
 from mlff_distiller.testing import SYMMETRY, example_structures, tiny_painn
 
@@ -18,16 +24,19 @@ def _graph(names, cutoff, seed=0):
     return batch_graphs([from_atoms(structures[n], cutoff, F64) for n in names])
 
 
+@pytest.mark.parametrize("empty_slots", [0, 2])
 @pytest.mark.parametrize("names", [["ethanol"], ["si", "cu"], ["ethanol", "si", "cu"]])
-def test_padding_changes_nothing(model, names):
+def test_padding_changes_nothing(model, names, empty_slots):
     graph = _graph(names, model.cutoff)
     periodic = "ethanol" not in names
     expected = predict(model, graph, stress=periodic)
     n, e, b = graph.positions.shape[0], graph.edge_index.shape[1], graph.n_structures
-    padded = pad_graph(graph, n + 7, e + 50, 2 * model.cutoff + 1)
-    assert padded.n_structures == b + 1
+    slots = b + empty_slots
+    padded = pad_graph(graph, n + 7, e + 50, padding_length(model.cutoff), slots)
+    assert padded.n_structures == slots + 1
     got = predict(model, padded, stress=True, check_cells=False)
     torch.testing.assert_close(got["energy"][:b], expected["energy"], **SYMMETRY)
+    assert torch.equal(got["energy"][b:slots], torch.zeros(empty_slots, dtype=F64))
     torch.testing.assert_close(got["forces"][:n], expected["forces"], **SYMMETRY)
     # Padding atoms feel nothing and exert nothing.
     assert torch.equal(got["forces"][n:], torch.zeros_like(got["forces"][n:]))

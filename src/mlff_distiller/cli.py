@@ -186,7 +186,7 @@ def main(
 
 @app.command()
 def run(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
-    """Run every stage that is not done yet (generate, label, train, evaluate)."""
+    """Run every stage that is not done yet, from generate to report."""
     _run_stages(config, overrides, pipeline.STAGES, accept_changes)
 
 
@@ -202,6 +202,43 @@ def label(config: ConfigArg, overrides: Overrides = None, accept_changes: Accept
     _run_stages(config, overrides, ("label",), accept_changes)
 
 
+@app.command("data-report")
+def data_report(
+    config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False
+):
+    """Report the labelled set: elements, sources, histograms (report/data/), warnings."""
+    _run_stages(config, overrides, ("data-report",), accept_changes)
+
+
+class DataSplit(str, Enum):
+    """Splits ``mlff-distill export-data`` writes."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+@app.command("export-data")
+def export_data(
+    run: Annotated[Path, typer.Argument(help="Run directory (its data/dataset.h5 is read).")],
+    output: Annotated[Path, typer.Argument(help="The extxyz file to write.")],
+    split: Annotated[
+        DataSplit, typer.Option("--split", help="Which structures: one split, or all.")
+    ] = DataSplit.all,
+):
+    """Write the labelled set as extxyz with teacher_* keys (for graph-pes, MACE, nequip)."""
+    from mlff_distiller.data.dataset import load_dataset
+    from mlff_distiller.data.export import export_extxyz
+
+    with _one_error_path(run if run.is_dir() else None):
+        if not run.is_dir():
+            raise FileNotFoundError(f"{run} is not a run directory: give the run_dir of a run")
+        dataset = load_dataset(run / "data" / "dataset.h5")
+        count = export_extxyz(dataset, output, split.value)
+    console.print(f"wrote {output} ({count} structures, split {split.value})")
+
+
 @app.command()
 def train(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
     """Train the student on the teacher's labels (resumes from the last checkpoint)."""
@@ -212,6 +249,20 @@ def train(config: ConfigArg, overrides: Overrides = None, accept_changes: Accept
 def evaluate(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
     """Score the student against the teacher on held-out systems; print the table."""
     _run_stages(config, overrides, ("evaluate",), accept_changes)
+
+
+@app.command("validate-md")
+def validate_md(
+    config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False
+):
+    """MD of the student beside the teacher on held-out systems; verdicts in report/md.json."""
+    _run_stages(config, overrides, ("validate-md",), accept_changes)
+
+
+@app.command()
+def report(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+    """Write report/index.html (one self-contained page) and report/model_card.md."""
+    _run_stages(config, overrides, ("report",), accept_changes)
 
 
 class ExportFormat(str, Enum):

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -50,6 +57,83 @@ class MDConfig(_Section):
     """Langevin friction coefficient, 1/fs."""
 
 
+class SmilesFileConfig(_Section):
+    """A file of molecules as SMILES, so that thousands need not be listed in the YAML.
+
+    ``.smi``: one molecule a line, the SMILES then (after a space or tab) an optional name;
+    blank lines and lines starting with ``#`` are skipped, and so is a first line whose first
+    word is ``smiles``. ``.csv``: a header row, the SMILES in the column ``column``. A config
+    may give just the path (``smiles_files: [mols.smi]``).
+    """
+
+    path: Path
+    """The file (``.smi`` or ``.csv``)."""
+    column: str = "smiles"
+    """``.csv`` only: the column holding the SMILES."""
+    name_column: str | None = None
+    """``.csv`` only: a column of names, each the ``system_id`` of its molecule (None: the
+    SMILES is the ``system_id``, as for ``.smi`` lines without a name)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_path_alone(cls, data: Any) -> Any:
+        return {"path": data} if isinstance(data, str | Path) else data
+
+
+class CrystalConfig(_Section):
+    """A crystal from ASE's bulk builder (``ase.build.bulk``), repeated into a supercell."""
+
+    name: str
+    """Chemical symbol or formula of the primitive cell, e.g. ``Cu``, ``Si``, ``NaCl``."""
+    crystalstructure: str | None = None
+    """``sc``, ``fcc``, ``bcc``, ``hcp``, ``diamond``, ``zincblende``, ``rocksalt``,
+    ``cesiumchloride``, ``fluorite`` or ``wurtzite`` (None: ASE's reference structure of the
+    element; a compound needs one)."""
+    a: float | None = Field(None, gt=0)
+    """Lattice constant, Å (None: ASE's reference value for the element; a compound needs
+    one)."""
+    c: float | None = Field(None, gt=0)
+    """Second lattice constant of ``hcp`` and ``wurtzite``, Å (None: the ideal c/a)."""
+    cubic: bool = False
+    """Build the conventional cubic cell (4 atoms for fcc) instead of the primitive one."""
+    supercell: list[int] = Field(default_factory=lambda: [1, 1, 1], min_length=3, max_length=3)
+    """Repetitions of the cell along its three vectors."""
+    system_id: str | None = None
+    """Name of the system (None: made from the fields above, e.g. ``Cu-fcc-a3.61-2x2x2``)."""
+
+    @field_validator("supercell")
+    @classmethod
+    def _positive_repetitions(cls, value: list[int]) -> list[int]:
+        if min(value) < 1:
+            raise ValueError("every repetition must be at least 1, e.g. [2, 2, 2]")
+        return value
+
+
+class LabelledFileConfig(_Section):
+    """Structures with labels the user already has, reused as they are (no sampling, no teacher).
+
+    The labels may come from DFT or an earlier teacher run. Each frame's energy, forces and
+    (fully periodic frames only) stress are read under the keys below and stored as
+    ``teacher_*`` labels, so a file written by ``mlff-distill export-data`` is read back with
+    the defaults. The bare keys ``energy``, ``forces`` and ``stress`` are read from the
+    results ASE attaches to a frame. Units must be eV, eV/Å and eV/Å³ (ASE's stress sign),
+    and labels mixed with the teacher's in one run must come from the same level of theory.
+    """
+
+    path: Path
+    """An ASE-readable file with per-frame labels (extxyz)."""
+    energy_key: str = "teacher_energy"
+    """Info key of the total energy, eV (e.g. ``energy``, ``REF_energy``)."""
+    forces_key: str = "teacher_forces"
+    """Per-atom array key of the forces, eV/Å (e.g. ``forces``, ``REF_forces``)."""
+    stress_key: str | None = "teacher_stress"
+    """Info key of the stress, eV/Å³, 3x3 or Voigt 6 (e.g. ``stress``, ``REF_stress``); read
+    for fully periodic frames that have it (None: never read)."""
+    system_key: str | None = "system_id"
+    """Info key naming each frame's system: frames with the same value are one system,
+    split together. Frames without it (or with None) are each a system ``{file}:{index}``."""
+
+
 class StructuresConfig(_Section):
     """Where the unlabelled structures come from and how they are perturbed."""
 
@@ -57,8 +141,30 @@ class StructuresConfig(_Section):
     """Molecules as SMILES; embedded in 3D by RDKit with explicit hydrogens."""
     ase_molecules: list[str] = Field(default_factory=list)
     """Names from ASE's molecule collection (``ase.build.molecule``), e.g. ``C6H6``."""
+    smiles_files: list[SmilesFileConfig] = Field(default_factory=list)
+    """Files of SMILES (``.smi`` or ``.csv``), each molecule embedded like ``smiles``."""
+    conformers: int = Field(1, ge=1)
+    """Conformers embedded per SMILES (RDKit ETKDG, then MMFF): each is sampled (rattle,
+    MD) as a starting structure, and all keep the molecule's ``system_id`` (one split).
+    Conformers that relax to the same geometry are kept once, so a rigid molecule may get
+    fewer."""
+    embedding_seed: int = 0
+    """Seed of the ETKDG embedding: the k-th SMILES (``smiles`` first, then
+    ``smiles_files``) is embedded with seed ``embedding_seed + k``."""
+    crystals: list[CrystalConfig] = Field(default_factory=list)
+    """Crystals and supercells from ASE's bulk builder (periodic, sampled like molecules)."""
     files: list[Path] = Field(default_factory=list)
-    """Any ASE-readable files; each frame becomes its own system (``file:index``)."""
+    """Any ASE-readable files (SDF and MOL files through RDKit); each frame becomes its own
+    system (``file:index``). Molecules (non-periodic frames, and every frame of a PDB file)
+    must carry their hydrogens (see ``allow_missing_hydrogens``)."""
+    labelled_files: list[LabelledFileConfig] = Field(default_factory=list)
+    """Files of structures already labelled, reused as they are (no sampling, no teacher)."""
+    allow_missing_hydrogens: bool = False
+    """Accept molecules from ``files`` and ``labelled_files`` that lack hydrogens: a carbon,
+    nitrogen, oxygen or sulfur whose neighbours leave its valence unsatisfied (judged from
+    the geometry), or an SDF record whose bond orders imply hydrogens it does not have.
+    False refuses them, naming the file, frame and atoms; set True only for species that
+    truly have dangling bonds (radicals, carbenes, bare atoms)."""
     include_initial: bool = True
     """Keep the starting geometry of every system as a frame."""
     rattle: RattleConfig = Field(default_factory=RattleConfig)
@@ -78,6 +184,13 @@ class TeacherConfig(_Section):
     """Torch device the teacher runs on."""
     shard_size: int = Field(64, ge=1)
     """Structures per labelled shard; a stopped run loses at most one shard of work."""
+    batch_atoms: int | None = Field(2048, ge=1)
+    """Most atoms per teacher call, for teachers that batch (``7net-0`` labelling and
+    teacher MD, ``chgnet`` labelling): many structures (MD trajectories) go through the
+    model at once, with the same labels (frames) as one at a time. Larger is faster until
+    memory runs out (SevenNet-0 needs about 1.4 MB per atom: 3 GB at 2048 atoms); a larger
+    structure goes alone. ``null``: one structure at a time through the teacher's ASE
+    calculator (MD with ASE's Langevin)."""
 
 
 class DataConfig(_Section):
@@ -89,6 +202,29 @@ class DataConfig(_Section):
     """Fraction of systems (not frames) held out for the final test; never trained on."""
     split_seed: int = 0
     """Seed of the assignment of systems to train/val/test."""
+    elements: list[str] | None = None
+    """Element whitelist (symbols): systems with any other element are dropped before
+    generation, and counted in ``data/filters.json`` (None: keep every system)."""
+    duplicate_tolerance: float | None = Field(0.001, gt=0)
+    """Near-duplicate removal before labelling, Å: a frame whose sorted interatomic distances
+    (pairs within 6 Å, periodic images included) all lie within this of those of an earlier
+    frame of the same system is dropped (None: keep all). Small on purpose: it removes
+    repeats (conformers that relaxed alike, a frame listed twice), not thermal neighbours,
+    whose forces differ by ~0.1 eV/Å per 0.001 Å on a stiff bond."""
+    max_force: float | None = Field(30.0, gt=0)
+    """Largest teacher force on any atom of a kept frame, eV/Å: frames beyond it (atoms too
+    close, an exploding trajectory, a teacher out of its domain) are dropped after labelling
+    (None: keep all)."""
+
+    @field_validator("elements")
+    @classmethod
+    def _known_symbols(cls, value: list[str] | None) -> list[str] | None:
+        from ase.data import atomic_numbers
+
+        unknown = [symbol for symbol in value or () if symbol not in atomic_numbers]
+        if unknown:
+            raise ValueError(f"{unknown} are no element symbols (write e.g. H, C, N, O, Cl)")
+        return value
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DataConfig:
@@ -108,6 +244,14 @@ class ModelConfig(_Section):
     """Number of Bessel radial basis functions."""
     cutoff: float = Field(5.0, gt=0)
     """Neighbour cutoff radius, Å; the cosine envelope takes energies smoothly to zero there."""
+    lean_messages: bool = False
+    """Train with memory-lean messages (``mlff_distiller.models.edge_ops``): the same model
+    and results to round-off, but the forces and their gradients keep about 1 KB per edge
+    instead of 42 KB (seed student), so batches several times larger fit in memory. On an
+    H100 it is slower (seed student, 16 ninety-atom structures: 40.6 ms per eager step
+    against 24.4 ms for a plain eager PaiNN; peak memory 0.90 against 2.34 GiB,
+    ``benchmarks/train_speed.py``), so it is off by default: turn it on when a batch does
+    not fit. Inference always runs the plain ops. Not stored with the model."""
 
 
 class TrainingConfig(_Section):
@@ -186,8 +330,30 @@ class TrainingConfig(_Section):
     """Pad every batch to fixed atom, edge and structure capacities (padding contributes
     exactly zero), so that every step has the same shapes, as a captured CUDA graph needs.
     Eager steps gain nothing from it and do the padding's work, so it is off by default."""
+    cuda_graph: bool | None = None
+    """Capture the whole training step (forward, forces, backward, clipping, AdamW, EMA)
+    once in a CUDA graph and replay it for every batch: one launch instead of about a
+    thousand small kernels, which is what a small batch is bound by. Needs
+    ``static_shapes`` and a CUDA ``device``; the loss curve equals the eager one to float32
+    round-off. None: on when both hold. With several processes (``torchrun``) the step runs
+    eagerly whatever this says: DistributedDataParallel's gradient all-reduce is not
+    captured."""
     seed: int = 0
     """Seed of initialisation and batch order."""
+
+    @model_validator(mode="after")
+    def _cuda_graph_has_what_it_needs(self) -> TrainingConfig:
+        if self.cuda_graph and not self.static_shapes:
+            raise ValueError(
+                "training.cuda_graph=true needs training.static_shapes=true (a CUDA graph "
+                "replays fixed shapes): set it, or leave cuda_graph unset"
+            )
+        if self.cuda_graph and not self.device.startswith("cuda"):
+            raise ValueError(
+                f"training.cuda_graph=true needs a CUDA device, not {self.device!r}: set "
+                "training.device=cuda, or leave cuda_graph unset"
+            )
+        return self
 
 
 class EvaluationConfig(_Section):
@@ -195,6 +361,98 @@ class EvaluationConfig(_Section):
 
     batch_size: int = Field(32, ge=1)
     """Structures per evaluation batch."""
+
+
+class ValidateMDConfig(_Section):
+    """MD of the student beside its teacher on held-out systems (``report/md.json``).
+
+    The defaults fit the quickstart budget: with SevenNet-0 on a CPU (about 0.05 s a step
+    for a 10-atom molecule, the student about 0.005 s) the stage takes about 2.5 minutes of
+    one core for 3 small molecules, most of it in the teacher's 1,500 steps. Longer runs
+    give steadier drift, temperature and distribution figures: raise the step counts where
+    the teacher is fast (a GPU).
+    """
+
+    systems: list[str] = Field(default_factory=list)
+    """Test systems to run, by ``system_id`` (as in ``report/metrics.json``); empty: pick
+    ``n_systems`` of them at random (``seed``)."""
+    n_systems: int | None = Field(3, ge=1)
+    """How many test systems to run when ``systems`` is empty (None: every test system)."""
+    timestep_fs: float = Field(0.5, gt=0)
+    """Time step of every run, fs (0.5 fs resolves X-H vibrations)."""
+    nve_temperature_K: float = Field(300.0, gt=0)
+    """Temperature of the Maxwell-Boltzmann velocities that start the NVE runs, K."""
+    nve_student_steps: int = Field(800, ge=2)
+    """Velocity-Verlet steps of the student's NVE run (800: 0.4 ps at 0.5 fs)."""
+    nve_teacher_steps: int = Field(160, ge=2)
+    """Velocity-Verlet steps of the teacher's NVE run from the same start (160: 80 fs)."""
+    temperatures_K: list[float] = Field(default_factory=lambda: [300.0, 600.0], min_length=1)
+    """Temperatures of the Langevin (NVT) runs, K: one student and one teacher run each."""
+    nvt_student_steps: int = Field(800, ge=2)
+    """Langevin steps of the student at each temperature (800: 0.4 ps at 0.5 fs)."""
+    nvt_teacher_steps: int = Field(160, ge=2)
+    """Langevin steps of the teacher at each temperature, from the same start and
+    velocities (shorter: the teacher is the slow one)."""
+    friction_per_fs: float = Field(0.01, gt=0)
+    """Langevin friction, 1/fs (0.01: the thermostat relaxes in about 100 fs)."""
+    sample_interval: int = Field(5, ge=1)
+    """NVT steps between frames kept for the structure distributions and on-policy errors."""
+    on_policy_frames: int = Field(20, ge=1)
+    """Frames of the student's own NVT trajectories (spread evenly over them) labelled by the
+    teacher for the on-policy errors."""
+    require_topology: bool = True
+    """A run is unstable when its bonded topology changes (the three factors below). False:
+    only close contacts and temperature count, as for metals and liquids, whose neighbours
+    change without any bond breaking."""
+    bond_factor: float = Field(1.2, gt=0)
+    """Two atoms of the start are bonded when closer than this times the sum of their
+    covalent radii (ASE's ``natural_cutoffs``): the topology (1.2 holds every bond of an
+    equilibrium organic molecule, C-H included, and no 1-3 pair)."""
+    bond_break_factor: float = Field(1.5, gt=0)
+    """A bond of the start is broken when it stretches beyond this times the sum of the
+    covalent radii (above ``bond_factor``, so that a bond vibrating near its threshold does
+    not flicker)."""
+    bond_form_factor: float = Field(1.0, gt=0)
+    """A new bond forms when two atoms not bonded at the start come closer than this times
+    the sum of their covalent radii (at most ``bond_factor``: a 1-3 pair of heavy atoms,
+    Cl-C-Cl, comes within 1.2 times its radii at 600 K without any reaction)."""
+    min_distance_A: float = Field(0.6, gt=0)
+    """A run is unstable when two atoms come closer than this, Å."""
+    temperature_factor: float = Field(2.0, gt=1)
+    """An NVT run at target T is unstable when the mean kinetic temperature over the last
+    ``temperature_window_fs`` rises above T x factor (once a window is full), or the mean
+    since the end of the first window (equilibration) falls below T / factor. A thermostat
+    that cannot hold the temperature means the student feeds it energy."""
+    temperature_window_fs: float = Field(100.0, gt=0)
+    """Window of the running mean temperature, and length of the equilibration, fs."""
+    max_drift_mev_per_atom_per_ps: float = Field(5.0, gt=0)
+    """Acceptance: largest |drift| of the student's NVE total energy, meV/atom/ps (loose:
+    over a run of 0.4 ps the fitted slope carries the energy's oscillation)."""
+    max_on_policy_force_rmse_ev_per_a: float = Field(0.5, gt=0)
+    """Acceptance: largest force RMSE of the student against the teacher on frames of the
+    student's own NVT trajectories, eV/Å."""
+    seed: int = 0
+    """Seed of the system choice, the starting velocities and the Langevin noise."""
+    device: str | None = None
+    """Torch device of the student (None: ``training.device``); the teacher runs on
+    ``teacher.device``."""
+
+    @field_validator("temperatures_K")
+    @classmethod
+    def _positive_temperatures(cls, value: list[float]) -> list[float]:
+        if min(value) <= 0:
+            raise ValueError("every temperature must be above 0 K, e.g. [300, 600]")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered_bond_factors(self) -> ValidateMDConfig:
+        if not self.bond_form_factor <= self.bond_factor < self.bond_break_factor:
+            raise ValueError(
+                "the bond factors must be ordered bond_form_factor <= bond_factor < "
+                f"bond_break_factor (got {self.bond_form_factor:g}, {self.bond_factor:g}, "
+                f"{self.bond_break_factor:g}; the defaults are 1.0, 1.2, 1.5)"
+            )
+        return self
 
 
 class Config(_Section):
@@ -216,6 +474,8 @@ class Config(_Section):
     """Training."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     """Evaluation."""
+    validate_md: ValidateMDConfig = Field(default_factory=ValidateMDConfig)
+    """Molecular-dynamics validation of the student beside the teacher."""
 
     def to_yaml(self) -> str:
         """The resolved config (every default filled in) as YAML."""

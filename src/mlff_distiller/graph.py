@@ -203,19 +203,37 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
     )
 
 
-def pad_graph(graph: AtomicGraph, n_atoms: int, n_edges: int, padding_length: float) -> AtomicGraph:
+def padding_length(cutoff: float) -> float:
+    """Length (Å) of the padding edges of :func:`pad_graph` for a model of ``cutoff`` Å.
+
+    Beyond the cutoff with a margin, so that a padding edge is never within it.
+    """
+    return 2.0 * float(cutoff) + 1.0
+
+
+def pad_graph(
+    graph: AtomicGraph,
+    n_atoms: int,
+    n_edges: int,
+    padding_length: float,
+    n_structures: int | None = None,
+) -> AtomicGraph:
     """Copy ``graph`` into a larger graph of fixed capacity whose padding changes nothing.
 
     Static shapes let a forward/backward pass be captured once in a CUDA graph (or compiled)
-    and replayed for every later graph that fits the same capacities. The padding is one
-    extra structure (index ``B``) that owns every padding atom and edge:
+    and replayed for every later graph that fits the same capacities. This is the one
+    padding layout of the package (the MD engine and the training step both use it):
 
-    - padding atoms have atomic number 0, sit at the origin and belong to structure ``B``;
+    - structure slots ``B .. S-1`` beyond the real structures (``S = n_structures``) are
+      empty structures: no atoms, no edges, a zero cell, not periodic;
+    - one more structure (index ``S``) owns every padding atom and edge;
+    - padding atoms have atomic number 0 and sit at the origin;
     - padding edges join the last padding atom to itself through cell shift ``(1, 0, 0)`` of
       the padding structure's cubic cell of side ``padding_length``, so their length is
-      ``padding_length``: with ``padding_length`` beyond the model's cutoff they carry exactly
-      zero message and zero gradient (and no 0/0 at zero length);
-    - the padding structure's energy, forces and stress are discarded by the caller.
+      ``padding_length``: beyond the model's cutoff (:func:`padding_length`) they carry
+      exactly zero message and zero gradient (and no 0/0 at zero length);
+    - the energies, forces and stress of the padding structure and of the empty slots are
+      discarded (or weighted zero) by the caller.
 
     Parameters
     ----------
@@ -227,22 +245,24 @@ def pad_graph(graph: AtomicGraph, n_atoms: int, n_edges: int, padding_length: fl
         Edge capacity; at least ``E``.
     padding_length
         Length in Å of every padding edge; must exceed the model's cutoff.
+    n_structures
+        Structure slots ``S``, at least ``B`` (None: ``B``, no empty slots).
 
     Returns
     -------
     AtomicGraph
-        ``n_atoms`` atoms, ``n_edges`` edges and ``B + 1`` structures, on ``graph``'s device.
+        ``n_atoms`` atoms, ``n_edges`` edges and ``S + 1`` structures, on ``graph``'s device.
     """
-    B = graph.n_structures
+    S = graph.n_structures if n_structures is None else int(n_structures)
     padded = AtomicGraph(
         positions=graph.positions.new_zeros((n_atoms, 3)),
         numbers=graph.numbers.new_zeros(n_atoms),
-        cell=graph.cell.new_zeros((B + 1, 3, 3)),
-        pbc=graph.pbc.new_zeros((B + 1, 3)),
+        cell=graph.cell.new_zeros((S + 1, 3, 3)),
+        pbc=graph.pbc.new_zeros((S + 1, 3)),
         edge_index=graph.edge_index.new_zeros((2, n_edges)),
         cell_shifts=graph.cell_shifts.new_zeros((n_edges, 3)),
         batch=graph.batch.new_zeros(n_atoms),
-        ptr=graph.ptr.new_zeros(B + 2),
+        ptr=graph.ptr.new_zeros(S + 2),
     )
     copy_into_padded(padded, graph, padding_length)
     return padded
@@ -251,37 +271,40 @@ def pad_graph(graph: AtomicGraph, n_atoms: int, n_edges: int, padding_length: fl
 def copy_into_padded(padded: AtomicGraph, graph: AtomicGraph, padding_length: float) -> None:
     """Overwrite the padded graph of :func:`pad_graph` in place with ``graph``.
 
-    Every field is written (real part and padding), so ``padded`` may hold another graph of
-    the same number of structures before. Only in-place copies and fills: the tensors keep
-    their storage, which is what a captured CUDA graph reads.
+    Every field is written (real part, empty slots and padding), so ``padded`` may hold
+    another graph before, with any number of structures up to its slots. Only in-place
+    copies and fills, with sizes known on the host: the tensors keep their storage, which is
+    what a captured CUDA graph reads, and nothing waits for the device.
 
     Raises
     ------
     ValueError
-        If ``graph`` does not fit the capacities of ``padded`` or has another number of
-        structures.
+        If ``graph`` does not fit the capacities of ``padded``.
     """
     N, E, B = graph.positions.shape[0], graph.edge_index.shape[1], graph.n_structures
     n_atoms, n_edges = padded.positions.shape[0], padded.edge_index.shape[1]
-    if n_atoms <= N or n_edges < E or padded.n_structures != B + 1:
+    S = padded.n_structures - 1
+    if n_atoms <= N or n_edges < E or S < B:
         raise ValueError(
             f"a graph of {N} atoms, {E} edges and {B} structures does not fit capacities of "
-            f"{n_atoms - 1} atoms, {n_edges} edges and {padded.n_structures - 1} structures"
+            f"{n_atoms - 1} atoms, {n_edges} edges and {S} structures"
         )
     padded.positions[:N].copy_(graph.positions)
     padded.positions[N:].zero_()
     padded.numbers[:N].copy_(graph.numbers)
     padded.numbers[N:].zero_()
     padded.cell[:B].copy_(graph.cell)
-    padded.cell[B].copy_(torch.eye(3, dtype=padded.cell.dtype) * padding_length)
+    padded.cell[B:].zero_()
+    padded.cell[S].diagonal().fill_(padding_length)
     padded.pbc[:B].copy_(graph.pbc)
-    padded.pbc[B].fill_(False)
+    padded.pbc[B:].fill_(False)
     padded.edge_index[:, :E].copy_(graph.edge_index)
     padded.edge_index[:, E:].fill_(n_atoms - 1)
     padded.cell_shifts[:E].copy_(graph.cell_shifts)
     padded.cell_shifts[E:].zero_()
     padded.cell_shifts[E:, 0].fill_(1.0)
     padded.batch[:N].copy_(graph.batch)
-    padded.batch[N:].fill_(B)
+    padded.batch[N:].fill_(S)
     padded.ptr[: B + 1].copy_(graph.ptr)
-    padded.ptr[B + 1].fill_(n_atoms)
+    padded.ptr[B + 1 : S + 1].fill_(N)
+    padded.ptr[S + 1].fill_(n_atoms)

@@ -1,8 +1,10 @@
 """The stages of a distillation run, chained over one run directory; done stages are skipped.
 
-``generate`` -> ``label`` -> ``train`` -> ``evaluate``. Each stage reads what the previous one
-wrote in the run directory and writes its own output atomically, so a stopped run (Ctrl-C, a
-kill, a crash) continues where it stopped when run again.
+``generate`` -> ``label`` -> ``data-report`` -> ``train`` -> ``evaluate`` -> ``validate-md``
+-> ``report``.
+Each stage reads what the previous one wrote in the run directory and writes its own output
+atomically, so a stopped run (Ctrl-C, a kill, a crash) continues where it stopped when run
+again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import ase
 import ase.io
+import numpy as np
 import yaml
 from rich.console import Console
 from rich.progress import Progress
@@ -25,7 +28,7 @@ from mlff_distiller.atomic import (
     write_text,
 )
 from mlff_distiller.config import Config, ConfigError
-from mlff_distiller.data.dataset import PackedDataset, load_dataset, pack, split_by_system
+from mlff_distiller.data.dataset import PackedDataset, load_dataset, pack_arrays, split_by_system
 from mlff_distiller.data.store import LabelStore
 from mlff_distiller.structures.validate import (
     StructureInputError,
@@ -35,7 +38,7 @@ from mlff_distiller.structures.validate import (
 )
 from mlff_distiller.teachers.base import Teacher
 
-STAGES = ("generate", "label", "train", "evaluate")
+STAGES = ("generate", "label", "data-report", "train", "evaluate", "validate-md", "report")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -86,10 +89,12 @@ def prepare_run_dir(config: Config, accept_changes: bool = False) -> Path:
     new = config.to_yaml()
     if path.is_file() and not accept_changes and _has_outputs(run_dir):
         old = _stored_config(path)
+        # A key the stored config lacks was added to mlff-distill since: that run had its default.
+        defaults = _flatten(Config().model_dump(mode="json"))
         changed = sorted(
             k
             for k, v in _flatten(yaml.safe_load(new)).items()
-            if k != "run_dir" and old.get(k, object()) != v
+            if k != "run_dir" and old.get(k, defaults.get(k, object())) != v
         )
         if changed:
             raise ConfigError(
@@ -123,20 +128,59 @@ def _stored_config(path: Path) -> dict[str, Any]:
 
 
 def collect_config_systems(config: Config) -> list[SystemSource]:
-    """Every system of the config, each source checked (:mod:`..structures.validate`).
+    """Every system of the config that the element whitelist keeps, each source checked.
+
+    Sources are checked by :mod:`..structures.validate`; ``data.elements`` is the whitelist.
 
     Raises
     ------
     StructureInputError
-        Listing every SMILES, name, file or frame that cannot be used.
+        Listing every SMILES, name, crystal, file or frame that cannot be used.
     ConfigError
-        If the config gives no system at all.
+        If the config gives no system at all, or the whitelist (``data.elements``) drops all.
     """
+    return _config_systems(config)[0]
+
+
+def _config_systems(config: Config) -> tuple[list[SystemSource], dict[str, list[str]]]:
+    """The systems the whitelist keeps, and those it drops (``system_id`` -> elements)."""
+    from mlff_distiller.structures.filters import disallowed_elements
+
     cfg = config.structures
-    systems = collect_systems(cfg.smiles, cfg.ase_molecules, cfg.files, cfg.min_distance)
+    systems = collect_systems(
+        cfg.smiles,
+        cfg.ase_molecules,
+        cfg.files,
+        cfg.min_distance,
+        smiles_files=cfg.smiles_files,
+        conformers=cfg.conformers,
+        embedding_seed=cfg.embedding_seed,
+        crystals=cfg.crystals,
+        labelled_files=cfg.labelled_files,
+        allow_missing_hydrogens=cfg.allow_missing_hydrogens,
+    )
+    dropped: dict[str, list[str]] = {}
+    allowed = config.data.elements
+    if allowed is not None:
+        kept = []
+        for system in systems:
+            outside = disallowed_elements(system.placeholder().numbers, allowed)
+            if outside:
+                dropped[system.system_id] = outside
+            else:
+                kept.append(system)
+        if systems and not kept:
+            raise ConfigError(
+                f"data.elements ({', '.join(allowed)}) drops every one of the {len(systems)} "
+                "systems: add the elements they have, or set data.elements=null"
+            )
+        systems = kept
     if not systems:
-        raise ConfigError("structures: no systems (give smiles, ase_molecules or files)")
-    return systems
+        raise ConfigError(
+            "structures: no systems (give smiles, smiles_files, ase_molecules, crystals, "
+            "files or labelled_files)"
+        )
+    return systems, dropped
 
 
 def _system_file(config: Config, k: int) -> Path:
@@ -148,19 +192,28 @@ def system_paths(config: Config) -> list[Path]:
     return [_system_file(config, k) for k in range(len(collect_config_systems(config)))]
 
 
-def check_inputs(config: Config, systems: Sequence[SystemSource], teacher: Teacher) -> None:
+def check_inputs(config: Config, systems: Sequence[SystemSource], teacher: Teacher | None) -> None:
     """What labelling and splitting need from the systems, checked before any work.
+
+    Parameters
+    ----------
+    config, systems
+        The run and its systems.
+    teacher
+        The teacher that labels every system but the labelled (imported) ones; None when
+        there is none to label.
 
     Raises
     ------
     UnsupportedElementError
-        If a system has an element the teacher cannot label.
+        If a system the teacher labels has an element it cannot label.
     ValueError
         If the systems cannot be split with ``data.val_fraction`` and ``data.test_fraction``.
     """
     from mlff_distiller.teachers.base import check_elements
 
-    check_elements(teacher, [system.placeholder() for system in systems])
+    if teacher is not None:
+        check_elements(teacher, [system.placeholder() for system in systems if not system.labelled])
     cfg = config.data
     split_by_system(
         [system.system_id for system in systems],
@@ -174,60 +227,154 @@ def generate(config: Config, console: Console) -> None:
     """Build every system and its perturbed frames; one file per system, written atomically.
 
     Every source is checked first (:func:`collect_config_systems`, :func:`check_inputs`), so
-    a bad input stops the run before the first system is generated.
+    a bad input stops the run before the first system is generated. Each starting structure
+    (a molecule's conformers) is sampled; a labelled system's frames are written as they are.
     """
     from mlff_distiller.structures.filters import min_distance_filter
-    from mlff_distiller.structures.samplers import langevin_md, rattle
     from mlff_distiller.teachers import get_teacher
 
     cfg = config.structures
-    systems = collect_config_systems(config)
+    systems, dropped = _config_systems(config)
     paths = [_system_file(config, k) for k in range(len(systems))]
     todo = [k for k, p in enumerate(paths) if not p.is_file()]
     if not todo:
         console.print(f"generate: done ({len(paths)} systems)")
         return
-    teacher = get_teacher(config.teacher.name, config.teacher.device)
+    if dropped:
+        console.print(
+            f"generate: {len(dropped)} systems dropped by data.elements "
+            f"({', '.join(config.data.elements or [])}), e.g. {next(iter(dropped))}"
+        )
+    sampled = [k for k in todo if not systems[k].labelled]
+    teacher = None
+    if sampled:
+        teacher = get_teacher(
+            config.teacher.name, config.teacher.device, config.teacher.batch_atoms
+        )
     check_inputs(config, systems, teacher)
-    calculator = None
-    if cfg.md.frames > 0 and cfg.md.temperatures_K:
-        calculator = teacher.calculator()
+    budget = _md_group_atoms(config, teacher)
     with Progress(console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("generating structures", total=len(todo))
-        for n_done, k in enumerate(todo):
-            system = systems[k]
-            initial = system.build()
-            frames = [initial] if cfg.include_initial else []
-            if cfg.rattle.frames > 0:
-                frames += rattle(initial, cfg.rattle.frames, cfg.rattle.stdev, seed=k)
-            if calculator is not None:
-                for t, temperature in enumerate(cfg.md.temperatures_K):
-                    frames += langevin_md(
-                        initial,
-                        calculator,
-                        temperature_K=temperature,
-                        n_frames=cfg.md.frames,
-                        interval=cfg.md.interval,
-                        timestep_fs=cfg.md.timestep_fs,
-                        friction=cfg.md.friction_per_fs,
-                        seed=1000 * k + t,
+        n_done = 0
+
+        def finish(starts: dict[int, list[ase.Atoms]]) -> None:
+            """Sample a group of systems (teacher MD together) and write one file each."""
+            nonlocal n_done
+            md_starts = {j: starts[j] for j in starts if not systems[j].labelled}
+            md_frames = _md_frames(config, teacher, md_starts)
+            for j, structures in starts.items():
+                system = systems[j]
+                kept, rejected = [], []
+                for c, initial in enumerate(structures):
+                    if system.labelled:
+                        frames = [initial]
+                    else:
+                        frames = _sampled_frames(config, initial, md_frames.get((j, c), []), j, c)
+                    ok, bad = min_distance_filter(frames, cfg.min_distance)
+                    kept += ok
+                    rejected += bad
+                if not kept:
+                    raise StructureInputError(
+                        f"every frame of {system.origin} has atoms closer than "
+                        f"structures.min_distance ({cfg.min_distance:g} Å): keep the starting "
+                        "structure (structures.include_initial=true) or rattle less"
                     )
-            kept, rejected = min_distance_filter(frames, cfg.min_distance)
-            if not kept:
-                raise StructureInputError(
-                    f"every frame of {system.origin} has atoms closer than "
-                    f"structures.min_distance ({cfg.min_distance:g} Å): keep the starting "
-                    "structure (structures.include_initial=true) or rattle less"
-                )
-            with atomic_path(paths[k]) as tmp:
-                ase.io.write(tmp, kept, format="extxyz")
-            progress.advance(task)
-            if not console.is_terminal:
-                console.print(
-                    f"generate: {n_done + 1}/{len(todo)} {system.system_id}: {len(kept)} frames"
-                    + (f" ({len(rejected)} rejected: atoms too close)" if rejected else "")
-                )
+                with atomic_path(paths[j]) as tmp:
+                    ase.io.write(tmp, kept, format="extxyz")
+                progress.advance(task)
+                n_done += 1
+                if not console.is_terminal:
+                    console.print(
+                        f"generate: {n_done}/{len(todo)} {system.system_id}: {len(kept)} frames"
+                        + (f" ({len(rejected)} rejected: atoms too close)" if rejected else "")
+                    )
+
+        # Systems go in groups whose teacher MD (all trajectories) fits one batch of the
+        # teacher (one system at a time when it does not batch); files follow each group.
+        group: dict[int, list[ase.Atoms]] = {}
+        group_atoms = 0
+        for k in todo:
+            structures = list(systems[k].starting_structures())
+            md_atoms = 0
+            if not systems[k].labelled:
+                md_atoms = sum(len(a) for a in structures) * len(cfg.md.temperatures_K)
+            if group and (budget == 0 or group_atoms + md_atoms > budget):
+                finish(group)
+                group, group_atoms = {}, 0
+            group[k] = structures
+            group_atoms += md_atoms
+        if group:
+            finish(group)
     console.print(f"generate: done ({len(paths)} systems)")
+
+
+def _seed(k: int, conformer: int, base: int, *more: int) -> int:
+    """Seed of a sampler of system ``k``: ``base`` for its first conformer.
+
+    Seeds depend on the system ``k`` and the conformer, never on the order of work: the
+    first conformer keeps the seeds runs had before conformers existed.
+    """
+    if conformer == 0:
+        return base
+    return int(np.random.SeedSequence((k, conformer, *more)).generate_state(1)[0])
+
+
+def _md_group_atoms(config: Config, teacher: Teacher | None) -> int:
+    """Atoms of teacher MD (all trajectories) that one group of systems fills.
+
+    The teacher's batch budget when it runs teacher MD in batches; 0 (one system at a time)
+    otherwise.
+    """
+    from mlff_distiller.teachers.base import TorchSimTeacher
+
+    md = config.structures.md
+    if not isinstance(teacher, TorchSimTeacher) or md.frames == 0 or not md.temperatures_K:
+        return 0
+    if teacher.torchsim_model() is None:
+        return 0
+    return teacher.batch_atoms or 0
+
+
+def _md_frames(
+    config: Config, teacher: Teacher | None, starts: dict[int, list[ase.Atoms]]
+) -> dict[tuple[int, int], list[ase.Atoms]]:
+    """Teacher-MD frames of starting structure ``c`` of system ``k``, keyed ``(k, c)``.
+
+    All temperatures of all structures run together where the teacher batches
+    (:func:`~mlff_distiller.structures.samplers.teacher_md`); frames do not depend on the
+    grouping, each trajectory having its own seed.
+    """
+    from mlff_distiller.structures.samplers import teacher_md
+
+    cfg = config.structures.md
+    if teacher is None or cfg.frames == 0 or not cfg.temperatures_K:
+        return {}
+    jobs = [(k, c) for k, structures in starts.items() for c in range(len(structures))]
+    temperatures = range(len(cfg.temperatures_K))
+    frames = teacher_md(
+        [starts[k][c] for k, c in jobs],
+        teacher,
+        cfg.temperatures_K,
+        [[_seed(k, c, 1000 * k + t, t) for t in temperatures] for k, c in jobs],
+        n_frames=cfg.frames,
+        interval=cfg.interval,
+        timestep_fs=cfg.timestep_fs,
+        friction=cfg.friction_per_fs,
+    )
+    return dict(zip(jobs, frames, strict=True))
+
+
+def _sampled_frames(
+    config: Config, initial: ase.Atoms, md_frames: list[ase.Atoms], k: int, conformer: int
+) -> list[ase.Atoms]:
+    """The starting structure (if kept), its rattled frames and its teacher-MD ``md_frames``."""
+    from mlff_distiller.structures.samplers import rattle
+
+    cfg = config.structures
+    frames = [initial] if cfg.include_initial else []
+    if cfg.rattle.frames > 0:
+        frames += rattle(initial, cfg.rattle.frames, cfg.rattle.stdev, seed=_seed(k, conformer, k))
+    return frames + md_frames
 
 
 def read_structures(config: Config) -> list[ase.Atoms]:
@@ -248,57 +395,263 @@ def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+#: ``teacher_version`` of a shard that holds imported labels only (no teacher was loaded).
+IMPORTED_VERSION = "imported labels"
+
+
 def label(config: Config, console: Console) -> None:
-    """Label every generated frame with the teacher (shards), then pack the dataset."""
+    """Label every generated frame with the teacher (shards), then pack the dataset.
+
+    Near-duplicate frames are dropped before labelling, frames beyond ``data.max_force``
+    after it; ``data/filters.json`` counts what every filter dropped and why. Imported
+    frames keep their labels.
+    """
+    from mlff_distiller.structures.filters import near_duplicates
+
     run_dir = Path(config.run_dir)
     dataset_path = run_dir / "data" / "dataset.h5"
     structures = read_structures(config)
+    tolerance = config.data.duplicate_tolerance
+    duplicates = near_duplicates(structures, tolerance) if tolerance is not None else []
+    candidates = sorted(set(range(len(structures))) - set(duplicates))
     store = LabelStore(run_dir / "data")
     done = store.labelled_indices(config.teacher.name)
-    todo = [k for k in range(len(structures)) if k not in done]
+    todo = [k for k in candidates if k not in done]
     if not todo and dataset_path.is_file():
-        # A damaged dataset, one without neighbour lists (or with another cutoff) or from
-        # another teacher is packed again from the shards.
+        # A damaged dataset, one without neighbour lists (or with another cutoff), from
+        # another teacher or other filters is packed again from the shards.
         packed = _packed_dataset(dataset_path)
         if packed is None:
             console.print(f"label: {dataset_path} is unreadable; packing it again")
         elif (
-            len(packed) == len(structures)
-            and packed.neighbour_cutoff == config.model.cutoff
+            packed.neighbour_cutoff == config.model.cutoff
             and packed.teacher_name == config.teacher.name
+            and _filters_done(config, len(structures), len(packed))
         ):
             console.print(f"label: done ({len(packed)} structures)")
             return
     if todo:
-        from mlff_distiller.teachers import get_teacher
-        from mlff_distiller.teachers.base import check_elements
+        _label_frames(config, console, structures, todo, len(candidates) - len(todo), store)
+    dataset, filters = _pack_filtered(config, store, structures, duplicates)
+    counts = {s: len(dataset.subset(s).systems()) for s in ("train", "val", "test")}
+    console.print(f"filters: {_filters_line(filters)} (data/filters.json)")
+    console.print(
+        f"label: done ({len(dataset)} structures; systems train {counts['train']}, "
+        f"val {counts['val']}, test {counts['test']})"
+    )
 
-        teacher = get_teacher(config.teacher.name, config.teacher.device)
-        check_elements(teacher, [structures[k] for k in todo])
-        with Progress(console=console, disable=not console.is_terminal) as progress:
-            task = progress.add_task(f"labelling with {teacher.name}", total=len(structures))
-            progress.update(task, completed=len(done))
-            for chunk in _chunks(todo, config.teacher.shard_size):
-                frames = [structures[k] for k in chunk]
-                labels = teacher.label(frames)
-                path = store.write_shard(frames, labels, chunk, teacher.name, teacher.version)
-                progress.advance(task, len(chunk))
-                if not console.is_terminal:
-                    console.print(f"label: {path.name} ({len(chunk)} structures)")
+
+def _label_frames(
+    config: Config,
+    console: Console,
+    structures: Sequence[ase.Atoms],
+    todo: Sequence[int],
+    n_done: int,
+    store: LabelStore,
+) -> None:
+    """Label the frames ``todo`` in shards.
+
+    Imported frames keep their labels; the teacher (loaded only if needed) labels the others.
+    """
+    from mlff_distiller.structures.imported import imported_labels
+    from mlff_distiller.teachers import get_teacher
+    from mlff_distiller.teachers.base import check_elements
+
+    imported = {k: imported_labels(structures[k]) for k in todo}
+    teacher = None
+    if any(labels is None for labels in imported.values()):
+        teacher = get_teacher(
+            config.teacher.name, config.teacher.device, config.teacher.batch_atoms
+        )
+        check_elements(teacher, [structures[k] for k in todo if imported[k] is None])
+    name = config.teacher.name if teacher is None else teacher.name
+    version = IMPORTED_VERSION if teacher is None else teacher.version
+    with Progress(console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task(f"labelling with {name}", total=n_done + len(todo))
+        progress.update(task, completed=n_done)
+        for chunk in _chunks(todo, config.teacher.shard_size):
+            frames = [structures[k] for k in chunk]
+            labels = [imported[k] for k in chunk]
+            unlabelled = [i for i, found in enumerate(labels) if found is None]
+            if unlabelled:
+                assert teacher is not None
+                for i, found in zip(
+                    unlabelled, teacher.label([frames[i] for i in unlabelled]), strict=True
+                ):
+                    labels[i] = found
+            path = store.write_shard(frames, labels, chunk, name, version)
+            progress.advance(task, len(chunk))
+            if not console.is_terminal:
+                console.print(f"label: {path.name} ({len(chunk)} structures)")
+
+
+def _filter_settings(config: Config) -> dict[str, Any]:
     cfg = config.data
-    dataset = pack(
-        store,
-        dataset_path,
+    return {
+        "elements": cfg.elements,
+        "duplicate_tolerance_A": cfg.duplicate_tolerance,
+        "max_force_eV_per_A": cfg.max_force,
+    }
+
+
+def _filters_done(config: Config, n_generated: int, n_packed: int) -> bool:
+    """Whether ``data/filters.json`` says the packed dataset has the filters of ``config``."""
+    path = Path(config.run_dir) / "data" / "filters.json"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(stored, dict)
+        and stored.get("settings") == _filter_settings(config)
+        and stored.get("frames_generated") == n_generated
+        and stored.get("frames_kept") == n_packed
+    )
+
+
+#: Dropped frames listed one by one in ``filters.json`` (the rest are counted).
+_MAX_LISTED_DROPS = 100
+
+
+def _pack_filtered(
+    config: Config, store: LabelStore, structures: Sequence[ase.Atoms], duplicates: Sequence[int]
+) -> tuple[PackedDataset, dict[str, Any]]:
+    """Pack the labelled frames that pass the filters; write ``data/filters.json``.
+
+    Shards may hold frames a filter now drops (labelled before the filter was set): only
+    frames that are neither near-duplicates nor beyond ``data.max_force`` are packed.
+    """
+    from mlff_distiller import keys
+    from mlff_distiller.atomic import write_json
+    from mlff_distiller.data.store import reorder
+    from mlff_distiller.structures.filters import max_atom_forces
+
+    cfg = config.data
+    run_dir = Path(config.run_dir)
+    arrays, attrs = store.read_all()
+    wanted = np.isin(arrays["index"], np.asarray(duplicates, dtype=np.int64), invert=True)
+    wanted &= arrays["index"] < len(structures)
+    largest = max_atom_forces(arrays[keys.TEACHER_FORCES], arrays["ptr"])
+    too_strong = wanted & (largest > cfg.max_force) if cfg.max_force is not None else wanted & False
+    kept = wanted & ~too_strong
+    if wanted.any() and not kept.any():
+        raise ValueError(
+            f"every labelled frame has a teacher force above data.max_force "
+            f"({cfg.max_force:g} eV/Å; the smallest maximum is {largest[wanted].min():.3g}): "
+            "raise data.max_force, or check the structures and the teacher"
+        )
+    dataset = pack_arrays(
+        reorder(arrays, np.flatnonzero(kept)),
+        attrs,
+        run_dir / "data" / "dataset.h5",
         cfg.val_fraction,
         cfg.test_fraction,
         cfg.split_seed,
         cutoff=config.model.cutoff,
     )
-    counts = {s: len(dataset.subset(s).systems()) for s in ("train", "val", "test")}
+    _, dropped_elements = _config_systems(config)
+    by_system: dict[str, int] = {}
+    for k in duplicates:
+        system = str(structures[k].info.get(keys.SYSTEM_ID))
+        by_system[system] = by_system.get(system, 0) + 1
+    strong = np.flatnonzero(too_strong)
+    filters = {
+        "settings": _filter_settings(config),
+        "frames_generated": len(structures),
+        "frames_labelled": int(wanted.sum()),
+        "frames_kept": len(dataset),
+        "elements": {
+            "reason": "a system has an element outside data.elements (dropped before generation)",
+            "systems_dropped": len(dropped_elements),
+            "dropped": dropped_elements,
+        },
+        "near_duplicates": {
+            "reason": "sorted interatomic distances within data.duplicate_tolerance of an "
+            "earlier frame of the same system (dropped before labelling)",
+            "frames_dropped": len(duplicates),
+            "by_system": by_system,
+        },
+        "max_force": {
+            "reason": "a teacher force above data.max_force (dropped after labelling)",
+            "frames_dropped": len(strong),
+            "dropped": [
+                {
+                    "index": int(arrays["index"][i]),
+                    "system_id": str(arrays[keys.SYSTEM_ID][i]),
+                    "sampler": str(arrays[keys.SAMPLER][i]),
+                    "max_force_eV_per_A": float(largest[i]),
+                }
+                for i in strong[:_MAX_LISTED_DROPS]
+            ],
+        },
+    }
+    write_json(run_dir / "data" / "filters.json", filters)
+    return dataset, filters
+
+
+def _filters_line(filters: dict[str, Any]) -> str:
+    """What the filters dropped, in one line."""
+    settings = filters["settings"]
+    parts = []
+    if filters["elements"]["systems_dropped"]:
+        parts.append(
+            f"{filters['elements']['systems_dropped']} systems with elements outside "
+            f"{', '.join(settings['elements'])}"
+        )
+    if filters["near_duplicates"]["frames_dropped"]:
+        parts.append(f"{filters['near_duplicates']['frames_dropped']} near-duplicate frames")
+    if filters["max_force"]["frames_dropped"]:
+        parts.append(
+            f"{filters['max_force']['frames_dropped']} frames with a force above "
+            f"{settings['max_force_eV_per_A']:g} eV/Å"
+        )
+    return "dropped " + ", ".join(parts) if parts else "nothing dropped"
+
+
+# --- data report ------------------------------------------------------------------------
+
+
+def data_report(config: Config, console: Console) -> dict[str, Any]:
+    """Report what the labelled set holds (:mod:`..data.report`) and print its warnings.
+
+    Writes ``report/data_report.json`` and plots under ``report/data/``; skipped while the
+    report is newer than ``data/dataset.h5``.
+    """
+    from mlff_distiller.data.report import write_data_report
+
+    run_dir = Path(config.run_dir)
+    dataset_path = run_dir / "data" / "dataset.h5"
+    path = run_dir / "report" / "data_report.json"
+    report = None
+    if (
+        path.is_file()
+        and dataset_path.is_file()
+        and path.stat().st_mtime >= dataset_path.stat().st_mtime
+    ):
+        report = _stored_json(path, "warnings")
+    if report is None:
+        dataset = load_dataset(dataset_path)
+        sources = {system.system_id: system.source for system in collect_config_systems(config)}
+        filters = _stored_json(run_dir / "data" / "filters.json", "settings")
+        report = write_data_report(dataset, sources, filters, run_dir / "report")
+    elements = ", ".join(f"{symbol} {c['atoms']}" for symbol, c in report["elements"].items())
     console.print(
-        f"label: done ({len(dataset)} structures; systems train {counts['train']}, "
-        f"val {counts['val']}, test {counts['test']})"
+        f"data-report: {report['structures']} structures of {report['systems']} systems; "
+        f"atoms by element: {elements}"
     )
+    for warning in report["warnings"]:
+        console.print(f"data-report: [yellow]warning[/]: {warning}", highlight=False)
+    console.print(f"data-report: {path}, plots in {path.parent / 'data'}")
+    return report
+
+
+def _stored_json(path: Path, required: str) -> dict[str, Any] | None:
+    """A JSON object written by an earlier stage, or None when absent or damaged."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) and required in stored else None
 
 
 # --- train and evaluate -----------------------------------------------------------------
@@ -390,11 +743,78 @@ def _stored_metrics(path: Path) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) and "force_mae_ev_per_a" in metrics else None
 
 
+def validate_md(config: Config, console: Console) -> dict[str, Any]:
+    """Run the student beside the teacher in MD on test systems; print the verdicts.
+
+    Done when ``report/md.json`` is newer than the student and holds the current
+    ``validate_md`` settings; a damaged one, or one of other settings, is made again.
+    """
+    from mlff_distiller.evaluation.md import failure_lines, verdict_table
+    from mlff_distiller.evaluation.md import validate_md as run_validation
+
+    run_dir = Path(config.run_dir)
+    path = run_dir / "report" / "md.json"
+    student = run_dir / "model" / "student.pt"
+    if not student.is_file():
+        raise FileNotFoundError(
+            f"{student}: no trained student to validate (run `mlff-distill train` first)"
+        )
+    result = None
+    if path.is_file() and path.stat().st_mtime >= student.stat().st_mtime:
+        result = _stored_md(path)
+        if result is None:
+            console.print(f"validate-md: {path} is unreadable; running again")
+        elif result["settings"] != config.validate_md.model_dump(mode="json"):
+            console.print(f"validate-md: {path} was made with other settings; running again")
+            result = None
+    if result is None:
+        result = run_validation(config, run_dir, console)
+    console.print(verdict_table(result))
+    for line in failure_lines(result):
+        console.print(f"validate-md: {line}", markup=False, highlight=False)
+    verdict = "passed" if result["passed"] else "FAILED"
+    console.print(f"validate-md: {verdict}; {path}, plots in {path.parent / 'md'}")
+    return result
+
+
+def _stored_md(path: Path) -> dict[str, Any] | None:
+    """An earlier ``md.json``, or ``None`` when damaged (validated again)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    from mlff_distiller.evaluation.md import failure_lines, verdict_table
+
+    try:  # everything the stored verdicts are printed from is there
+        verdict_table(result)
+        failure_lines(result)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return result if isinstance(result, dict) and "settings" in result else None
+
+
+def report(config: Config, console: Console) -> None:
+    """Render ``report/index.html`` and ``report/model_card.md`` (every time: it is cheap).
+
+    They show what the run directory holds now: the MD verdicts and speed figures appear once
+    ``validate-md`` (``report/md.json``) or a benchmark (``report/benchmark.json``) has run.
+    """
+    from mlff_distiller.evaluation.html import write_report
+
+    files = write_report(config)
+    for problem in files.problems:
+        console.print(f"report: {problem}", markup=False, highlight=False)
+    console.print(f"report: {files.html}, model card {files.model_card}")
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[Config, Console], Any]] = {
     "generate": generate,
     "label": label,
+    "data-report": data_report,
     "train": train,
     "evaluate": evaluate,
+    "validate-md": validate_md,
+    "report": report,
 }
 
 

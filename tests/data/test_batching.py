@@ -9,13 +9,15 @@ from mlff_distiller import keys
 from mlff_distiller.data.batching import (
     GraphSet,
     capacity,
+    copy_into_padded_batch,
+    pad_batch,
     plan_batches,
     plan_steps,
     split_batch,
 )
 from mlff_distiller.data.dataset import load_dataset
 from mlff_distiller.data.store import write_arrays
-from mlff_distiller.graph import batch_graphs, from_atoms, pad_graph
+from mlff_distiller.graph import batch_graphs, from_atoms, pad_graph, padding_length
 from mlff_distiller.models import predict
 from mlff_distiller.testing import tiny_painn
 from mlff_distiller.training.losses import DistillationLoss
@@ -83,32 +85,38 @@ def test_resident_batches_equal_the_old_batching(packed_dataset):
     assert n_batches == -(-len(data) // 4)
 
 
-def test_padded_batch_is_pad_graph_of_the_unpadded_one(packed_dataset):
+def test_padded_batch_has_empty_slots_and_zero_targets(packed_dataset):
+    """pad_batch: graph.pad_graph's layout, zero targets and weights beyond the real rows."""
     data = packed_dataset.subset("train")
     graphs = GraphSet.from_dataset(data, CUTOFF)
     cap = capacity(graphs.n_atoms, graphs.n_edges, max_structures=5)
-    index = [4, 0, 2]
-    graph, targets = graphs.gather(index)
-    length = 2 * CUTOFF + 1
-    full = pad_graph(graph, cap.atoms, cap.edges, length)
-    # As many slots as structures: exactly the layout of graph.pad_graph.
-    exact = capacity(graphs.n_atoms, graphs.n_edges, max_structures=3)
-    padded, padded_targets = graphs.gather(index, capacity=exact, padding_length=length)
-    _assert_graphs_equal(padded, pad_graph(graph, exact.atoms, exact.edges, length))
-    # More slots than structures: the extra slots are empty structures with zero weight.
-    padded, padded_targets = graphs.gather(index, capacity=cap, padding_length=length)
+    graph, targets = graphs.gather([4, 0, 2])
+    length = padding_length(CUTOFF)
+    padded, padded_targets = pad_batch(graph, targets, cap, length)
+    _assert_graphs_equal(padded, pad_graph(graph, cap.atoms, cap.edges, length, cap.structures))
     n, b = graph.positions.shape[0], graph.n_structures
-    assert padded.positions.shape == full.positions.shape
-    assert padded.edge_index.shape == full.edge_index.shape
     assert padded.n_structures == cap.structures + 1
+    # The two unused slots are empty structures; the last structure owns the padding.
     assert torch.equal(padded.ptr[: b + 1], graph.ptr)
-    assert torch.equal(padded.ptr[b + 1 : cap.structures + 1], torch.full((2,), n))
-    assert torch.equal(padded_targets["n_atoms"][b:], torch.zeros(2, dtype=torch.long))
-    assert torch.equal(padded_targets["energy_weight"][b:], torch.zeros(2))
-    assert torch.equal(padded_targets[keys.FORCES][:n], targets[keys.FORCES])
-    assert torch.equal(padded_targets[keys.FORCES][n:], torch.zeros_like(full.positions[n:]))
+    assert torch.equal(padded.ptr[b + 1 :], torch.tensor([n, n, cap.atoms]))
+    assert torch.equal(padded.batch[n:], torch.full((cap.atoms - n,), cap.structures))
+    assert not padded.cell[b : cap.structures].any()
+    for name, value in targets.items():
+        rows = cap.atoms if name == keys.FORCES else cap.structures
+        assert padded_targets[name].shape == (rows, *value.shape[1:]), name
+        assert torch.equal(padded_targets[name][: value.shape[0]], value), name
+        assert not padded_targets[name][value.shape[0] :].any(), name
+    # Another batch into the same buffers equals its own padded batch.
+    storage = padded.positions.data_ptr()
+    other = graphs.gather([1, 3])
+    copy_into_padded_batch((padded, padded_targets), *other, length)
+    assert padded.positions.data_ptr() == storage
+    expected, expected_targets = pad_batch(*other, cap, length)
+    _assert_graphs_equal(padded, expected)
+    for name, value in expected_targets.items():
+        assert torch.equal(padded_targets[name], value), name
     with pytest.raises(ValueError, match="does not fit"):
-        graphs.gather(list(range(6)), capacity=cap, padding_length=length)
+        pad_batch(*graphs.gather(list(range(6))), cap, length)
 
 
 def test_dataset_without_neighbour_lists_still_loads(packed_dataset, tmp_path):

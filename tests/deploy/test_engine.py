@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlff_distiller.deploy.engine import StudentEngine
+from mlff_distiller.deploy.engine import StudentEngine, functional_predict
 from mlff_distiller.graph import batch_graphs, from_atoms
 from mlff_distiller.models import predict
 from mlff_distiller.testing import FLOAT32_VS_FLOAT64, SYMMETRY, example_structures, tiny_painn
@@ -110,3 +110,45 @@ def test_capture_grows_when_edges_outgrow_it():
     torch.testing.assert_close(
         out["forces"].cpu(), _reference(model, [atoms], False)["forces"], **FLOAT32_VS_FLOAT64
     )
+
+
+@pytest.mark.parametrize(
+    ("names", "stress"), [(["ethanol", "si", "ethanol"], False), (["si", "cu"], True)]
+)
+def test_functional_predict_equals_predict(names, stress):
+    """The torch.func derivation of the compiled CPU path, run eagerly, is predict's."""
+    model = tiny_painn().eval()  # as the engine holds it
+    structures = [example_structures(seed=k)[n] for k, n in enumerate(names)]
+    graph = batch_graphs([from_atoms(a, model.cutoff, torch.float64) for a in structures])
+    atomic, forces, stress_tensor = functional_predict(model, graph, stress)
+    expected = predict(model, graph, stress=stress)
+    torch.testing.assert_close(atomic.sum(), expected["energy"].sum(), **SYMMETRY)
+    torch.testing.assert_close(forces, expected["forces"], **SYMMETRY)
+    if stress:
+        torch.testing.assert_close(stress_tensor, expected["stress"], **SYMMETRY)
+    else:
+        assert stress_tensor is None
+
+
+@pytest.mark.slow
+def test_compiled_cpu_path_follows_a_trajectory_without_recompiling():
+    """compile=True on the CPU (functional_predict through inductor) equals eager predict.
+
+    The list is exact at every step (no skin), so the number of edges changes from frame to
+    frame: after the first call nothing may be compiled again.
+    """
+    model = tiny_painn(dtype=torch.float64)
+    atoms = example_structures()["si"] * (2, 2, 2)
+    engine = StudentEngine(model, "cpu", skin=0.0, compile=True)
+    frames = _trajectory([atoms], steps=6)
+    for step, frame in enumerate(frames):
+        with torch.compiler.set_stance("fail_on_recompile" if step else "default"):
+            out = engine.compute(*_inputs(frame), stress=True, to_host=step % 2 == 1)
+        expected = _reference(model, frame, True)
+        assert set(out) == set(expected)
+        for key in expected:
+            torch.testing.assert_close(out[key], expected[key], **SYMMETRY)
+    n_edges = {from_atoms(frame[0], model.cutoff).edge_index.shape[1] for frame in frames}
+    assert len(n_edges) > 1
+    assert engine.captures == 1
+    assert engine.neighbours.builds == len(frames)

@@ -29,6 +29,17 @@ from mlff_distiller.deploy.artefact import load_student
 from mlff_distiller.pipeline import check_checkpoint
 from mlff_distiller.training.trainer import CSV_FIELDS
 
+#: MD validation of a moment: one test system, tens of steps at one temperature.
+QUICK_MD = {
+    "n_systems": 1,
+    "nve_student_steps": 20,
+    "nve_teacher_steps": 10,
+    "temperatures_K": [300],
+    "nvt_student_steps": 20,
+    "nvt_teacher_steps": 10,
+    "on_policy_frames": 2,
+}
+
 #: A run of seconds: 5 molecules, EMT, a PaiNN of 8 features trained for 2 epochs.
 SMALL = {
     "threads": 1,
@@ -41,6 +52,7 @@ SMALL = {
     "data": {"val_fraction": 0.1, "test_fraction": 0.2},
     "model": {"n_features": 8, "n_blocks": 1, "n_rbf": 4, "cutoff": 3.0},
     "training": {"epochs": 2, "batch_size": 4},
+    "validate_md": QUICK_MD,
 }
 
 
@@ -88,6 +100,14 @@ def _json(path: Path) -> None:
     assert isinstance(json.loads(path.read_text()), dict)
 
 
+def _html(path: Path) -> None:
+    assert path.read_text(encoding="utf-8").rstrip().endswith("</html>")
+
+
+def _markdown(path: Path) -> None:
+    assert path.read_text(encoding="utf-8").startswith("# ")
+
+
 def _nothing(path: Path) -> None:
     """Append-only logs (TensorBoard events): readers skip a truncated last record."""
 
@@ -105,6 +125,11 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "logs/events.out.tfevents.*": _nothing,
     "logs/error.log": lambda path: path.read_text(),
     "report/metrics.json": _json,
+    "report/md.json": _json,
+    "report/index.html": _html,
+    "report/model_card.md": _markdown,
+    "data/filters.json": _json,
+    "report/data_report.json": _json,
     "report/*.png": _png,
 }
 

@@ -36,6 +36,8 @@ DISK_FULL = [
     ("student.pt", 1),
     ("parity.png", 1),
     ("metrics.json", 1),
+    ("md.json", 1),
+    ("index.html", 1),
 ]
 
 

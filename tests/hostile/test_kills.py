@@ -88,10 +88,16 @@ def stage_in_progress(run: Path, config: dict) -> str:
         return "label"
     if not (run / "data" / "dataset.h5").is_file():
         return "pack"
+    if not (run / "report" / "data_report.json").is_file():
+        return "data-report"
     if not (run / "model" / "student.pt").is_file():
         return "train"
     if not (run / "report" / "metrics.json").is_file():
         return "evaluate"
+    if not (run / "report" / "md.json").is_file():
+        return "validate-md"
+    if not (run / "report" / "index.html").is_file():
+        return "report"
     return "done"
 
 
@@ -124,9 +130,23 @@ def pack_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, int]:
     return "dataset.h5", 1
 
 
+def data_report_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, int]:
+    files = ["data/histograms.png", "data/elements.png", "data_report.json"]  # in this order
+    left = [f for f in files if not (run / "report" / f).exists()]
+    return Path(rng.choice(left)).name, 1
+
+
 def evaluate_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, int]:
-    files = ["parity.png", "learning_curves.png", "metrics.json"]  # written in this order
+    files = ["parity.png", "errors.png", "learning_curves.png", "metrics.json"]  # in this order
     return rng.choice([f for f in files if not (run / "report" / f).exists()]), 1
+
+
+def validate_md_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, int]:
+    return "md.json", 1  # after the plots, whose names depend on the test systems
+
+
+def report_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, int]:
+    return rng.choice(["model_card.md", "index.html"]), 1  # written in this order
 
 
 #: Every stage of the pipeline (and packing, inside ``label``) has its kill.
@@ -134,8 +154,11 @@ MOMENTS: dict[str, Moment] = {
     "generate": generate_moment,
     "label": label_moment,
     "pack": pack_moment,
+    "data-report": data_report_moment,
     "train": train_moment,
     "evaluate": evaluate_moment,
+    "validate-md": validate_md_moment,
+    "report": report_moment,
 }
 
 
@@ -240,10 +263,13 @@ def test_every_stage_survives_sigkill(tmp_path, hostile, children):
         pause_kill("generate")
     pause_kill("label")
     pause_kill("pack")
+    pause_kill("data-report")
     pause_kill("train")
     epoch = last_epoch(run) or 0
     wild_kill(lambda: (last_epoch(run) or 0) > epoch, 0.5)
     pause_kill("evaluate")
+    pause_kill("validate-md")
+    pause_kill("report")
 
     final, epoch, had_student = start()
     assert final.proc.wait(timeout=600) == 0, final.output()
@@ -251,6 +277,7 @@ def test_every_stage_survives_sigkill(tmp_path, hostile, children):
     assert uninterrupted.proc.wait(timeout=600) == 0, uninterrupted.output()
 
     print("kills:", kills)  # shown when the test fails
-    assert {"generate", "label", "pack", "train", "evaluate"} <= {s for _, s in kills}, kills
+    stages = set(MOMENTS)  # every stage was hit
+    assert stages <= {s for _, s in kills}, kills
     assert hostile.artefact_problems(run) == []  # the temporaries of the kills are gone too
     hostile.assert_same_results(run, reference)

@@ -181,3 +181,36 @@ def test_torchscript_gives_the_same_predictions(model, structures):
     ref, out = predict(model, periodic, stress=True), predict(scripted, periodic, stress=True)
     for key in ref:
         assert_close(out[key], ref[key], **SYMMETRY)
+
+
+def test_lean_messages_give_the_plain_results_and_training_gradients(structures):
+    graph = batch_graphs([from_atoms(structures[name], 4.0, dtype=F64) for name in NAMES[1:]])
+    results = []
+    for lean in (True, False):
+        model = tiny_painn(seed=3)
+        for interaction in model.interactions:
+            interaction.lean_messages = lean
+        out = predict(model, graph, stress=True, create_graph=True)
+        assert uses_edge_ops(out[ENERGY]) == lean
+        # A force and stress loss backpropagated into the weights: the double backward.
+        loss = (out[FORCES] ** 2).sum() + (out[STRESS] ** 2).sum() + out[ENERGY].sum()
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        results.append(({k: v.detach() for k, v in out.items()}, grads))
+    (lean_out, lean_grads), (plain_out, plain_grads) = results
+    assert_close(lean_out, plain_out, **SYMMETRY)
+    assert_close(lean_grads, plain_grads, **SYMMETRY)
+
+
+def uses_edge_ops(tensor: torch.Tensor) -> bool:
+    """Whether the autograd graph of ``tensor`` goes through the lean edge message."""
+    stack, seen = [tensor.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_EdgeFormBackward":
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False

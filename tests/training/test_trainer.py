@@ -1,5 +1,6 @@
 """The training step on padded batches, stop reasons, learning on EMT data, DDP and resume."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -14,18 +15,20 @@ from rich.console import Console
 
 from mlff_distiller import keys
 from mlff_distiller.config import load_config
-from mlff_distiller.data.batching import GraphSet, capacity
+from mlff_distiller.data.batching import GraphSet, capacity, pad_batch
 from mlff_distiller.data.dataset import pack
 from mlff_distiller.data.store import LabelStore
+from mlff_distiller.graph import padding_length
 from mlff_distiller.models import predict
 from mlff_distiller.pipeline import prepare_run_dir
 from mlff_distiller.teachers.base import Labels
 from mlff_distiller.testing import SYMMETRY, tiny_painn
 from mlff_distiller.training.losses import DistillationLoss, LossScales
 from mlff_distiller.training.step import cells_for_stress
-from mlff_distiller.training.trainer import Trainer, padding_length
+from mlff_distiller.training.trainer import Trainer
 
 CUTOFF = 4.0
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TINY_MODEL = ["model.n_features=16", "model.n_blocks=2", "model.n_rbf=8", "model.cutoff=4.0"]
 
 
@@ -51,7 +54,7 @@ def test_padded_step_equals_unpadded_step(packed_dataset, huber_delta):
     index = np.arange(len(data))[::-1][:6]
     expected = _loss_and_gradients(model, loss, *graphs.gather(index))
     static = capacity(graphs.n_atoms, graphs.n_edges, max_structures=8)
-    padded = graphs.gather(index, capacity=static, padding_length=padding_length(CUTOFF))
+    padded = pad_batch(*graphs.gather(index), static, padding_length(CUTOFF))
     assert padded[0].positions.shape[0] > len(padded[1][keys.FORCES]) - 1
     got = _loss_and_gradients(model, loss, *padded)
     torch.testing.assert_close(got[0], expected[0], **SYMMETRY)
@@ -201,3 +204,39 @@ def test_two_processes_follow_one_process_and_resume(packed_dataset_path, tmp_pa
     for a, b in zip(one["history"], two["history"], strict=True):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
     assert (tmp_path / "two" / "model" / "student.pt").is_file()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_training_resumes_like_an_uninterrupted_run(packed_dataset_path, tmp_path, device):
+    """Static shapes (captured on CUDA): stopped after one epoch and resumed == two epochs."""
+    overrides = [
+        *TINY_MODEL,
+        "training.batch_size=3",
+        "training.lr_schedule=plateau",  # an LR that does not depend on the epoch budget
+        "training.warmup_epochs=0.5",
+        f"training.device={device}",
+        "training.static_shapes=true",
+    ]
+    states, outputs = {}, []
+    for name, epochs in (("one", [2]), ("two", [1, 2])):
+        run_dir = tmp_path / name
+        for count in epochs:
+            config = load_config(
+                None, [f"run_dir={run_dir}", *overrides, f"training.epochs={count}"]
+            )
+            if not run_dir.exists():
+                prepare_run_dir(config)
+                (run_dir / "data").mkdir()
+                shutil.copy(packed_dataset_path, run_dir / "data" / "dataset.h5")
+            output = io.StringIO()
+            Trainer(config, run_dir, Console(file=output, width=200)).run()
+            outputs.append(output.getvalue())
+        states[name] = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    captured = device == "cuda"
+    assert all(("step captured in a CUDA graph" in text) == captured for text in outputs[:2])
+    assert "resuming training after epoch 1" in outputs[2]
+    one, two = states["one"], states["two"]
+    assert all(group["capturable"] == captured for group in two["optimizer"]["param_groups"])
+    for part in ("model", "ema"):
+        for key, value in one[part].items():
+            torch.testing.assert_close(two[part][key], value, rtol=1e-4, atol=1e-5)

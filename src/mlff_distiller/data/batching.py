@@ -14,9 +14,10 @@ A batch is planned on the host, from per-structure atom and edge counts kept the
 Python and no host synchronisation (the output sizes come from the host's counts). Batches
 are filled up to a structure count and optional atom and edge budgets, so that structures of
 mixed sizes give steps of equal cost. A batch can be padded to fixed capacities
-(:class:`Capacity`) in the layout of :func:`mlff_distiller.graph.pad_graph`: then every step
-has the same shapes (what a CUDA-graph captured step needs), and padding atoms, edges and
-empty structure slots contribute exactly zero.
+(:class:`Capacity`, :func:`pad_batch`) in the one layout of
+:func:`mlff_distiller.graph.pad_graph`: then every step has the same shapes (what a
+CUDA-graph captured step needs), and padding atoms, edges and empty structure slots
+contribute exactly zero (their targets and weights are zero).
 
 Targets of a batch (``S`` structure slots, ``N`` atoms):
 
@@ -49,12 +50,16 @@ import torch
 
 from mlff_distiller import keys
 from mlff_distiller.data.dataset import PackedDataset
-from mlff_distiller.graph import AtomicGraph, structure_cell
+from mlff_distiller.graph import AtomicGraph, copy_into_padded, pad_graph, structure_cell
 
 RESIDENT_FRACTION = 0.25
 """Largest share of the free GPU memory the whole training set may take on the device."""
 
 Targets = dict[str, torch.Tensor]
+
+
+ATOM_TARGETS = (keys.FORCES,)
+"""Targets with one row per atom; every other target has one row per structure slot."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,27 @@ class Capacity:
     structures: int
     atoms: int
     edges: int
+
+    @classmethod
+    def of(cls, graph: AtomicGraph) -> Capacity:
+        """The smallest capacity that holds ``graph`` (an unpadded batch)."""
+        return cls(graph.n_structures, graph.positions.shape[0] + 1, graph.edge_index.shape[1])
+
+    def holds(self, other: Capacity) -> bool:
+        """Whether a batch that needs ``other`` fits this capacity."""
+        return (
+            other.structures <= self.structures
+            and other.atoms <= self.atoms
+            and other.edges <= self.edges
+        )
+
+    def union(self, other: Capacity) -> Capacity:
+        """The smallest capacity that holds both."""
+        return Capacity(
+            max(self.structures, other.structures),
+            max(self.atoms, other.atoms),
+            max(self.edges, other.edges),
+        )
 
 
 @dataclass(frozen=True)
@@ -223,6 +249,76 @@ def capacity(
     return Capacity(structures=max_structures, atoms=atoms + 1, edges=max(edges, 1))
 
 
+def pad_batch(
+    graph: AtomicGraph, targets: Targets, capacity: Capacity, padding_length: float
+) -> tuple[AtomicGraph, Targets]:
+    """A batch padded to ``capacity`` in the layout of :func:`mlff_distiller.graph.pad_graph`.
+
+    Parameters
+    ----------
+    graph, targets
+        An unpadded batch of :meth:`GraphSet.gather` (``B`` structures, ``N`` atoms).
+    capacity
+        The capacities; ``B`` at most ``capacity.structures``.
+    padding_length
+        Length (Å) of padding edges, beyond the model's cutoff
+        (:func:`mlff_distiller.graph.padding_length`).
+
+    Returns
+    -------
+    tuple
+        The padded graph (``capacity.structures + 1`` structures, the last one owning the
+        padding atoms and edges) and its targets: ``capacity.structures`` rows per
+        structure and ``capacity.atoms`` per atom, zero (weights included) beyond the real
+        ones, so that the loss is that of the unpadded batch.
+
+    Raises
+    ------
+    ValueError
+        If the batch does not fit ``capacity``.
+    """
+    padded_graph = pad_graph(
+        graph, capacity.atoms, capacity.edges, padding_length, capacity.structures
+    )
+    padded_targets = {
+        name: value.new_zeros(
+            (capacity.atoms if name in ATOM_TARGETS else capacity.structures, *value.shape[1:])
+        )
+        for name, value in targets.items()
+    }
+    _copy_targets(padded_targets, targets)
+    return padded_graph, padded_targets
+
+
+def copy_into_padded_batch(
+    padded: tuple[AtomicGraph, Targets],
+    graph: AtomicGraph,
+    targets: Targets,
+    padding_length: float,
+) -> None:
+    """Overwrite a batch of :func:`pad_batch` in place with another unpadded batch.
+
+    Only in-place copies and fills: the buffers keep their storage (what a captured CUDA
+    graph reads) and nothing waits for the device.
+
+    Raises
+    ------
+    ValueError
+        If the batch does not fit the capacities of ``padded``.
+    """
+    padded_graph, padded_targets = padded
+    copy_into_padded(padded_graph, graph, padding_length)
+    _copy_targets(padded_targets, targets)
+
+
+def _copy_targets(padded: Targets, targets: Targets) -> None:
+    """Real rows copied, every row beyond them zeroed (weights and labels of padding)."""
+    for name, buffer in padded.items():
+        value = targets[name]
+        buffer[: value.shape[0]].copy_(value)
+        buffer[value.shape[0] :].zero_()
+
+
 def _fits_on_device(nbytes: int, device: torch.device) -> bool:
     if device.type != "cuda":
         return True
@@ -233,8 +329,7 @@ def _fits_on_device(nbytes: int, device: torch.device) -> bool:
 class GraphSet:
     """Every structure of a split, with neighbour lists and labels, as flat tensors.
 
-    Build it with :meth:`from_dataset`. Index ``n`` (:attr:`empty`) is an extra structure
-    with no atoms and no edges that fills the unused slots of padded batches.
+    Build it with :meth:`from_dataset`.
 
     Attributes
     ----------
@@ -260,9 +355,12 @@ class GraphSet:
         self.n_atoms = n_atoms
         self.n_edges = n_edges
         self.has_stress = has_stress
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            # "cuda" and "cuda:0" are different devices to ``!=``, but tensors say "cuda:0".
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.storage = tensors["positions"].device
-        self.empty = len(n_atoms)
 
     @classmethod
     def from_dataset(
@@ -296,34 +394,24 @@ class GraphSet:
         dataset = dataset.with_neighbours(cutoff)
         a = dataset.arrays
         n = len(dataset)
-        cells = np.stack(
-            [structure_cell(a["cell"][k], a["pbc"][k], str(k)) for k in range(n)]
-            + [np.zeros((3, 3))]
-        )
-
-        def segment_ptr(ptr: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.append(ptr, ptr[-1]).astype(np.int64))
+        cells = np.array([structure_cell(a["cell"][k], a["pbc"][k], str(k)) for k in range(n)])
 
         def floats(x: np.ndarray) -> torch.Tensor:
             return torch.tensor(x, dtype=dtype)
 
-        def per_structure(x: np.ndarray) -> np.ndarray:
-            # One more entry for the empty structure.
-            return np.concatenate([x, np.zeros((1, *x.shape[1:]), dtype=x.dtype)])
-
         tensors = {
             "positions": floats(a["positions"]).reshape(-1, 3),
             "numbers": torch.tensor(a["numbers"], dtype=torch.long),
-            "atom_ptr": segment_ptr(a["ptr"]),
-            "cell": floats(cells),
-            "pbc": torch.tensor(per_structure(a["pbc"].astype(bool))),
+            "atom_ptr": torch.tensor(a["ptr"], dtype=torch.long),
+            "cell": floats(cells).reshape(-1, 3, 3),
+            "pbc": torch.tensor(a["pbc"].astype(bool)).reshape(-1, 3),
             "edges": torch.tensor(a["edges"].T, dtype=torch.long).reshape(2, -1),
             "cell_shifts": floats(a["cell_shifts"]).reshape(-1, 3),
-            "edge_ptr": segment_ptr(a["edge_ptr"]),
-            "energy": floats(per_structure(a[keys.TEACHER_ENERGY])),
+            "edge_ptr": torch.tensor(a["edge_ptr"], dtype=torch.long),
+            "energy": floats(a[keys.TEACHER_ENERGY]),
             "forces": floats(a[keys.TEACHER_FORCES]).reshape(-1, 3),
-            "stress": floats(per_structure(a[keys.TEACHER_STRESS])),
-            "has_stress": torch.tensor(per_structure(a["has_stress"].astype(bool))),
+            "stress": floats(a[keys.TEACHER_STRESS]).reshape(-1, 3, 3),
+            "has_stress": torch.tensor(a["has_stress"].astype(bool)),
         }
         nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
         if resident is None:
@@ -344,11 +432,7 @@ class GraphSet:
         return len(self.n_atoms)
 
     def gather(
-        self,
-        index: Sequence[int] | np.ndarray,
-        weights: np.ndarray | None = None,
-        capacity: Capacity | None = None,
-        padding_length: float | None = None,
+        self, index: Sequence[int] | np.ndarray, weights: np.ndarray | None = None
     ) -> tuple[AtomicGraph, Targets]:
         """The batch of structures ``index``, gathered where the arrays live.
 
@@ -359,117 +443,60 @@ class GraphSet:
         weights
             (3, S) energy, force and stress weights (:class:`StepPlan`); None: the plain
             means over this batch.
-        capacity
-            Pad to these capacities (``S`` at most ``capacity.structures``); None: no
-            padding, the graph equals :func:`mlff_distiller.graph.batch_graphs` of the
-            structures' own graphs.
-        padding_length
-            Length (Å) of padding edges, beyond the model's cutoff; needed with ``capacity``.
 
         Returns
         -------
         tuple
-            The :class:`AtomicGraph` and its targets (module docstring), on :attr:`device`.
-            A padded graph has ``capacity.structures + 1`` structures, the last one owning
-            the padding atoms and edges, as in :func:`~mlff_distiller.graph.pad_graph`.
+            The :class:`AtomicGraph`, equal to :func:`mlff_distiller.graph.batch_graphs` of
+            the structures' own graphs, and its targets (module docstring), on
+            :attr:`device`. :func:`pad_batch` pads it to fixed capacities.
         """
         index = np.ascontiguousarray(index, dtype=np.int64)
         if weights is None:
             weights = _mean_weights(index, self.n_atoms, self.has_stress)
-        n_atoms = int(self.n_atoms[index].sum())
-        n_edges = int(self.n_edges[index].sum())
-        if capacity is not None:
-            if padding_length is None:
-                raise ValueError("a padded batch needs the padding_length")
-            if (
-                len(index) > capacity.structures
-                or n_atoms >= capacity.atoms
-                or n_edges > capacity.edges
-            ):
-                raise ValueError(
-                    f"a batch of {len(index)} structures, {n_atoms} atoms and {n_edges} "
-                    f"edges does not fit {capacity}"
-                )
-            slots = capacity.structures - len(index)
-            index = np.concatenate([index, np.full(slots, self.empty, dtype=np.int64)])
-            weights = np.concatenate([weights, np.zeros((3, slots))], axis=1)
-            n_atoms, n_edges = capacity.atoms, capacity.edges
         graph, targets = self._gather(
             torch.as_tensor(index).to(self.storage, non_blocking=True),
-            n_atoms,
-            n_edges,
-            padding_length if capacity is not None else None,
+            int(self.n_atoms[index].sum()),
+            int(self.n_edges[index].sum()),
         )
         if self.storage != self.device:
             graph = _to(graph, self.device)
-            targets = {
-                k: (v.pin_memory() if self.device.type == "cuda" else v).to(
-                    self.device, non_blocking=True
-                )
-                for k, v in targets.items()
-            }
+            targets = {k: _to_device(v, self.device) for k, v in targets.items()}
         w = torch.as_tensor(weights, dtype=targets[keys.ENERGY].dtype, device=self.device)
         for name, row in zip(("energy_weight", "force_weight", "stress_weight"), w, strict=True):
             targets[name] = row
         return graph, targets
 
     def _gather(
-        self, index: torch.Tensor, n_atoms: int, n_edges: int, padding_length: float | None
+        self, index: torch.Tensor, n_atoms: int, n_edges: int
     ) -> tuple[AtomicGraph, Targets]:
-        """Device-side gather: fixed output sizes, index arithmetic only, no host sync."""
+        """Device-side gather: output sizes from the host, index arithmetic only, no sync."""
         t = self._t
-        S = index.shape[0]
         zero = index.new_zeros(1)
         a0 = t["atom_ptr"][index]
         na = t["atom_ptr"][index + 1] - a0
         e0 = t["edge_ptr"][index]
         ne = t["edge_ptr"][index + 1] - e0
-        na_all, ne_all = na, ne
-        if padding_length is not None:
-            # One more structure owns every padding atom and edge.
-            na_all = torch.cat([na, (n_atoms - na.sum()).view(1)])
-            ne_all = torch.cat([ne, (n_edges - ne.sum()).view(1)])
-            a0, e0 = torch.cat([a0, zero]), torch.cat([e0, zero])
-        slots = torch.arange(na_all.shape[0], device=index.device)
-        batch = torch.repeat_interleave(slots, na_all, output_size=n_atoms)
-        ptr = torch.cat([zero, torch.cumsum(na_all, 0)])
+        slots = torch.arange(index.shape[0], device=index.device)
+        batch = torch.repeat_interleave(slots, na, output_size=n_atoms)
+        ptr = torch.cat([zero, torch.cumsum(na, 0)])
         atom = torch.arange(n_atoms, device=index.device) - ptr[batch] + a0[batch]
-        edge_owner = torch.repeat_interleave(slots, ne_all, output_size=n_edges)
-        edge_ptr = torch.cat([zero, torch.cumsum(ne_all, 0)])
+        edge_owner = torch.repeat_interleave(slots, ne, output_size=n_edges)
+        edge_ptr = torch.cat([zero, torch.cumsum(ne, 0)])
         edge = torch.arange(n_edges, device=index.device) - edge_ptr[edge_owner] + e0[edge_owner]
-        if padding_length is not None:
-            real_atom, real_edge = batch < S, edge_owner < S
-            atom = torch.where(real_atom, atom, 0)
-            edge = torch.where(real_edge, edge, 0)
-        positions, numbers, forces = t["positions"][atom], t["numbers"][atom], t["forces"][atom]
-        edge_index = t["edges"][:, edge] + ptr[edge_owner]
-        cell_shifts = t["cell_shifts"][edge]
-        cell, pbc = t["cell"][index], t["pbc"][index]
-        if padding_length is not None:
-            # The padding of graph.pad_graph: atoms at the origin with number 0, edges from
-            # the last atom to itself one padding cell away, beyond the cutoff.
-            positions = torch.where(real_atom.unsqueeze(1), positions, 0.0)
-            forces = torch.where(real_atom.unsqueeze(1), forces, 0.0)
-            numbers = torch.where(real_atom, numbers, 0)
-            edge_index = torch.where(real_edge, edge_index, n_atoms - 1)
-            pad_shift = cell_shifts.new_tensor([1.0, 0.0, 0.0])
-            cell_shifts = torch.where(real_edge.unsqueeze(1), cell_shifts, pad_shift)
-            pad_cell = torch.eye(3, dtype=cell.dtype, device=cell.device) * padding_length
-            cell = torch.cat([cell, pad_cell.unsqueeze(0)])
-            pbc = torch.cat([pbc, pbc.new_zeros((1, 3))])
         graph = AtomicGraph(
-            positions=positions,
-            numbers=numbers,
-            cell=cell,
-            pbc=pbc,
-            edge_index=edge_index,
-            cell_shifts=cell_shifts,
+            positions=t["positions"][atom],
+            numbers=t["numbers"][atom],
+            cell=t["cell"][index],
+            pbc=t["pbc"][index],
+            edge_index=t["edges"][:, edge] + ptr[edge_owner],
+            cell_shifts=t["cell_shifts"][edge],
             batch=batch,
             ptr=ptr,
         )
         targets = {
             keys.ENERGY: t["energy"][index],
-            keys.FORCES: forces,
+            keys.FORCES: t["forces"][atom],
             keys.STRESS: t["stress"][index],
             "has_stress": t["has_stress"][index],
             "n_atoms": na,
@@ -499,9 +526,14 @@ class GraphSet:
 
 def _to(graph: AtomicGraph, device: torch.device) -> AtomicGraph:
     """Copy a graph gathered on the host to ``device``; asynchronous from pinned memory."""
-    if device.type == "cuda":
-        graph = AtomicGraph(*(field.pin_memory() for field in graph))
-    return AtomicGraph(*(field.to(device, non_blocking=True) for field in graph))
+    return AtomicGraph(*(_to_device(field, device) for field in graph))
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: through pinned memory (asynchronous) from the host to a GPU."""
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def _mean_weights(index: np.ndarray, n_atoms: np.ndarray, has_stress: np.ndarray) -> np.ndarray:

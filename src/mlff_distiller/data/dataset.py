@@ -181,6 +181,33 @@ def pack(
     The file is written atomically; the neighbour lists use ``cutoff`` (Å), the student's.
     """
     arrays, attrs = store.read_all()
+    return pack_arrays(arrays, attrs, path, val_fraction, test_fraction, seed, cutoff)
+
+
+def pack_arrays(
+    arrays: dict[str, np.ndarray],
+    attrs: dict[str, str],
+    path: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    cutoff: float,
+) -> PackedDataset:
+    """Split shard-layout ``arrays`` by system, add neighbour lists, write ``path``.
+
+    Parameters
+    ----------
+    arrays, attrs
+        Labelled structures and their provenance, as :meth:`LabelStore.read_all` returns
+        them (possibly a selection of them).
+    path
+        The dataset file, written atomically.
+    val_fraction, test_fraction, seed
+        The split (:func:`split_by_system`).
+    cutoff
+        Cutoff of the stored neighbour lists, Å (the student's).
+    """
+    arrays = dict(arrays)
     arrays["split"] = split_by_system(arrays[keys.SYSTEM_ID], val_fraction, test_fraction, seed)
     arrays.update(neighbour_arrays(arrays, cutoff))
     write_arrays(path, arrays, {**attrs, NEIGHBOUR_CUTOFF: repr(float(cutoff))})

@@ -14,9 +14,12 @@ engine removes them:
    changes. Optionally the model is first compiled with ``torch.compile`` (fewer, fused
    kernels), then captured.
 
-On the CPU the engine runs ``predict`` eagerly on the unpadded graph: only the skin reuse
-applies there, and only when asked for (:func:`auto_skin`). Results equal the
-eager reference path to float32 round-off (tested).
+On the CPU the engine runs on the unpadded graph: by default ``predict`` eagerly; with
+``compile=True`` the energy and both derivatives as one function of ``torch.func``
+(:func:`functional_predict`), compiled by ``torch.compile`` with dynamic shapes, so that
+inductor fuses forward and backward into a few C++ loops and a new number of edges needs no
+recompilation. Skin reuse applies there only when asked for (:func:`auto_skin`). Results
+equal the eager reference path to float32 round-off (tested).
 """
 
 from __future__ import annotations
@@ -29,9 +32,14 @@ from typing import Any
 import torch
 
 from mlff_distiller.deploy.neighbours import SkinNeighbourList
-from mlff_distiller.graph import AtomicGraph, copy_into_padded, pad_graph
+from mlff_distiller.graph import AtomicGraph, copy_into_padded, pad_graph, padding_length
 from mlff_distiller.keys import ENERGY, FORCES, STRESS
-from mlff_distiller.models.predict import predict
+from mlff_distiller.models.predict import (
+    predict,
+    strain,
+    strain_gradient_to_stress,
+    sum_per_structure,
+)
 
 DEFAULT_SKIN = None
 """Default Verlet skin: chosen by :func:`auto_skin` from the device and the number of atoms."""
@@ -62,6 +70,53 @@ def auto_skin(device: torch.device, n_atoms: int) -> float:
     return 0.0
 
 
+def functional_predict(
+    model: torch.nn.Module, graph: AtomicGraph, stress: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-atom energies, forces and stress as :func:`predict` derives them, by ``torch.func``.
+
+    The same derivation (forces ``-dE/dpositions``; stress ``dE/d displacement`` of
+    :func:`~mlff_distiller.models.predict.strain` over the volume) with
+    :func:`torch.func.grad` instead of the autograd engine, so that ``torch.compile``
+    traces energy and derivatives as one graph: inductor then fuses the forward and the
+    backward pass into a few C++ loops.
+
+    Parameters
+    ----------
+    model
+        Maps a graph to per-atom energies (N,) in eV with plain PyTorch operations, which
+        ``torch.func`` can transform (the student in eval mode, as the engine holds it).
+    graph
+        One or several structures (``N`` atoms, ``B`` structures).
+    stress
+        Whether to derive stress (NaN for cells of zero volume).
+
+    Returns
+    -------
+    tuple
+        Per-atom energies (N,) in eV, forces (N, 3) in eV/Å and stress (B, 3, 3) in eV/Å³
+        (ASE sign) or None; detached.
+    """
+
+    def total_energy(
+        positions: torch.Tensor, displacement: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if stress:
+            positions, cell = strain(positions, graph.cell, graph.batch, displacement)
+            atomic = model(graph._replace(positions=positions, cell=cell))
+        else:
+            atomic = model(graph._replace(positions=positions))
+        return atomic.sum(), atomic
+
+    displacement = graph.positions.new_zeros((graph.n_structures, 3, 3))
+    argnums = (0, 1) if stress else (0,)
+    gradients, atomic = torch.func.grad(total_energy, argnums=argnums, has_aux=True)(
+        graph.positions, displacement
+    )
+    stress_tensor = strain_gradient_to_stress(gradients[1], graph.cell) if stress else None
+    return atomic.detach(), -gradients[0], stress_tensor
+
+
 class StudentEngine:
     """Energies, forces and stress of a student for configurations that change step by step.
 
@@ -78,15 +133,19 @@ class StudentEngine:
     cuda_graph
         Capture and replay CUDA graphs; ``None`` means "on CUDA devices".
     compile
-        Compile the model with ``torch.compile`` before capture (CUDA only). Compilation
-        takes tens of seconds at the first call; it pays off for long runs.
+        Compile with ``torch.compile``: with CUDA graphs the model, before capture;
+        without (the CPU) :func:`functional_predict`, forward and backward fused.
+        Compilation takes tens of seconds at the first call (less when inductor's on-disk
+        cache already holds it) and again when ``stress`` or the number of structures
+        changes; it pays off for long runs.
     headroom
         Edge capacity of a capture relative to the current number of edges.
 
     Attributes
     ----------
     captures : int
-        Number of CUDA-graph captures made so far.
+        Number of CUDA-graph captures made so far (without CUDA graphs and with
+        ``compile``: calls that compiled).
     capture_seconds : float
         Wall time spent capturing (and compiling), in s.
     rebuild_seconds : float
@@ -120,6 +179,8 @@ class StudentEngine:
         self.capture_seconds = 0.0
         self.rebuild_seconds = 0.0
         self._compiled: Any = None
+        self._functional: Any = None
+        self._compiled_kinds: set[tuple[bool, int]] = set()
         self._captured: _CapturedPredict | None = None
         self._graph: AtomicGraph | None = None
         self._numbers: torch.Tensor | None = None
@@ -201,7 +262,12 @@ class StudentEngine:
                     positions=positions.to(self.device, self.dtype),
                     cell=cell.to(self.device, self.dtype),
                 )
-            out = predict(self.model, self._graph, forces=True, stress=stress, check_cells=False)
+            if self.compile:
+                out = self._compiled_predict(self._graph, stress)
+            else:
+                out = predict(
+                    self.model, self._graph, forces=True, stress=stress, check_cells=False
+                )
             if not to_host:
                 return out
             packed = torch.cat([value.reshape(-1) for value in out.values()])
@@ -214,6 +280,33 @@ class StudentEngine:
             padded=self.cuda_graph,
             clone=self.cuda_graph and not to_host,
         )
+
+    def _compiled_predict(self, graph: AtomicGraph, stress: bool) -> dict[str, torch.Tensor]:
+        """:func:`functional_predict`, compiled at the first call of each kind (CPU path).
+
+        ``torch.compile`` compiles again when ``stress`` or the number of structures
+        changes; those calls count as captures, their time as capture time.
+        """
+        start = time.perf_counter()
+        if self._functional is None:
+            # cpp_wrapper: the kernels are called from C++ rather than Python (faster calls)
+            # and built as one file (a faster first compilation than one per kernel).
+            self._functional = torch.compile(
+                functional_predict, dynamic=True, fullgraph=True, options={"cpp_wrapper": True}
+            )
+        kind = (stress, graph.n_structures)
+        atomic, forces, stress_tensor = self._functional(self.model, graph, stress)
+        if kind not in self._compiled_kinds:
+            self._compiled_kinds.add(kind)
+            self.captures += 1
+            self.capture_seconds += time.perf_counter() - start
+        # Summed here, not in the compiled function: inductor (torch 2.13) fails to generate
+        # the C++ of a scatter-add into a single structure's energy.
+        out = {ENERGY: sum_per_structure(atomic, graph.batch, graph.n_structures)}
+        out[FORCES] = forces
+        if stress_tensor is not None:
+            out[STRESS] = stress_tensor
+        return out
 
     def _numbers_changed(self, numbers: torch.Tensor) -> bool:
         """Whether the atomic numbers differ from the last call's (same tensor: no check)."""
@@ -240,7 +333,7 @@ class StudentEngine:
                 n_edges = max(n_edges, captured.n_edges)
             start = time.perf_counter()
             self._captured = captured = _CapturedPredict(
-                self._model_for_capture(), graph, n_edges, stress, 2.0 * self.cutoff + 1.0
+                self._model_for_capture(), graph, n_edges, stress, padding_length(self.cutoff)
             )
             self.capture_seconds += time.perf_counter() - start
             self.captures += 1

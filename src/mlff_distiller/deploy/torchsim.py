@@ -57,7 +57,7 @@ from mlff_distiller.deploy.engine import DEFAULT_SKIN, StudentEngine
 from mlff_distiller.keys import ENERGY, FORCES, STRESS
 from mlff_distiller.models import PaiNN
 
-__all__ = ["StudentModel", "load_torchsim_model"]
+__all__ = ["StudentModel", "load_torchsim_model", "state_to_batch"]
 
 
 class StudentModel(ModelInterface):
@@ -84,7 +84,8 @@ class StudentModel(ModelInterface):
     cuda_graph
         Capture and replay CUDA graphs; ``None`` means "on CUDA devices".
     compile
-        Compile the student with ``torch.compile`` before CUDA-graph capture.
+        Compile with ``torch.compile`` (see
+        :class:`~mlff_distiller.deploy.engine.StudentEngine`).
 
     Attributes
     ----------
@@ -180,27 +181,18 @@ class StudentModel(ModelInterface):
         ValueError
             If the state holds an element the student was never trained on.
         """
-        positions, numbers, cell, pbc, system_idx = _read_state(state)
+        # The state's own tensor: the check runs once for all steps of an MD run.
+        self._check_elements(_state_field(state, "atomic_numbers"))
+        positions = _state_field(state, "positions")
         out_dtype, out_device = positions.dtype, positions.device
-        self._check_elements(numbers)
         device = self._device
-        positions = positions.to(device)
+        positions, numbers, cell, pbc, ptr = state_to_batch(state, device)
         n_systems = cell.shape[0]
-        pbc = _pbc_per_system(pbc, n_systems, device)
-        # A structure periodic in no direction is a molecule: no cell at all (as in
-        # mlff_distiller.graph.from_atoms), whatever box TorchSim carries for it.
-        cell = torch.where(pbc.any(dim=1).view(-1, 1, 1), cell.to(device), 0.0)
-        # Atoms per system without torch.bincount, which reads its size from the device.
-        system_idx = system_idx.to(device, torch.int64)
-        counts = torch.zeros(n_systems + 1, dtype=torch.int64, device=device)
-        ptr = torch.cumsum(counts.index_add_(0, system_idx + 1, torch.ones_like(system_idx)), 0)
 
         fully_periodic = pbc.all(dim=1)
         # Molecule-only batches (replica MD) skip the strain derivative altogether.
         stress = self._compute_stress and bool(fully_periodic.any())
-        out = self.engine.compute(
-            positions, numbers.to(device, torch.int64), cell, pbc, ptr, stress=stress
-        )
+        out = self.engine.compute(positions, numbers, cell, pbc, ptr, stress=stress)
         results = {
             "energy": out[ENERGY].detach().to(out_device, out_dtype),
             "forces": out[FORCES].detach().to(out_device, out_dtype),
@@ -260,6 +252,44 @@ def load_torchsim_model(
     ... )
     """
     return StudentModel.from_file(path, device=device, **kwargs)
+
+
+def state_to_batch(
+    state: Any, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The flat batched tensors of a TorchSim state (any supported version) on ``device``.
+
+    Parameters
+    ----------
+    state
+        A ``SimState`` (``N`` atoms, ``B`` systems), or with TorchSim 0.3 a dict of its fields.
+    device
+        Where the returned tensors live.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``positions`` (N, 3) Å in the state's dtype; ``numbers`` (N,) int64; ``cell``
+        (B, 3, 3) Å, cell vectors as rows, zero for a structure periodic in no direction
+        (a molecule has no cell, whatever box TorchSim carries for it, as in
+        :func:`mlff_distiller.graph.from_atoms`); ``pbc`` (B, 3) bool; ``ptr`` (B + 1,) int64,
+        the atoms of system ``b`` being ``ptr[b]:ptr[b + 1]``.
+    """
+    device = torch.device(device)
+    positions, numbers, cell, pbc, system_idx = _read_state(state)
+    n_systems = cell.shape[0]
+    pbc = _pbc_per_system(pbc, n_systems, device)
+    cell = torch.where(pbc.any(dim=1).view(-1, 1, 1), cell.to(device), 0.0)
+    # Atoms per system without torch.bincount, which reads its size from the device.
+    system_idx = system_idx.to(device, torch.int64)
+    counts = torch.zeros(n_systems + 1, dtype=torch.int64, device=device)
+    ptr = torch.cumsum(counts.index_add_(0, system_idx + 1, torch.ones_like(system_idx)), 0)
+    return positions.to(device), numbers.to(device, torch.int64), cell, pbc, ptr
+
+
+def _state_field(state: Any, name: str) -> torch.Tensor:
+    """One field of a ``SimState`` or of TorchSim 0.3's dict form."""
+    return state[name] if isinstance(state, Mapping) else getattr(state, name)
 
 
 def _read_state(

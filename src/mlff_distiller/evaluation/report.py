@@ -1,7 +1,8 @@
-"""Held-out evaluation of the student against the teacher: metrics.json, parity plot, table."""
+"""Held-out evaluation of the student against the teacher: metrics.json, plots, table."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -56,21 +57,80 @@ def evaluate(config: Config, run_dir: Path) -> dict[str, Any]:
             "parameters": sum(p.numel() for p in model.parameters()),
             "best_epoch": meta.get("best_epoch"),
         },
-        "environment": {
-            "mlff_distiller": mlff_distiller.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "device": str(device),
-        },
+        "environment": environment(device),
     }
     report = run_dir / "report"
     plot_parity(pred, test.arrays, report / "parity.png", dataset.teacher_name, metrics)
+    plot_error_histograms(pred, test.arrays, report / "errors.png")
     if (run_dir / "logs" / "metrics.csv").is_file():
         plot_learning_curves(run_dir / "logs" / "metrics.csv", report / "learning_curves.png")
     # Last: metrics.json marks the evaluation done, so a run stopped before it plots again.
     write_json(report / "metrics.json", metrics)
     return metrics
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware of this process: what the evaluation (and report) ran on."""
+    env: dict[str, Any] = {
+        "mlff_distiller": mlff_distiller.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "device": str(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass  # not Linux
+    return platform.processor() or platform.machine()
+
+
+def plot_error_histograms(
+    pred: dict[str, np.ndarray], arrays: dict[str, np.ndarray], path: Path
+) -> None:
+    """Histograms of the student's errors against the teacher, with logarithmic counts.
+
+    Parameters
+    ----------
+    pred
+        :func:`~mlff_distiller.evaluation.metrics.predict_set` output: ``energy`` (n,) eV,
+        ``forces`` (A, 3) eV/Å.
+    arrays
+        Shard-layout arrays of the same structures holding the teacher labels.
+    path
+        PNG to write (atomically): energy error per atom (meV/atom) of each structure, and
+        force error (eV/Å) of each Cartesian component.
+    """
+    n_atoms = np.diff(arrays["ptr"])
+    e_err = (pred[keys.ENERGY] - arrays[keys.TEACHER_ENERGY]) / n_atoms * 1000
+    f_err = (pred[keys.FORCES] - arrays[keys.TEACHER_FORCES]).ravel()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    for ax, err, label in (
+        (axes[0], e_err, "energy error per atom, student − teacher (meV/atom)"),
+        (axes[1], f_err, "force component error, student − teacher (eV/Å)"),
+    ):
+        ax.hist(err, bins=60, color="C0")
+        ax.axvline(0.0, color="0.4", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("count")
+    fig.suptitle("error distributions on the held-out test systems")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
 def plot_learning_curves(csv_path: Path, path: Path) -> None:

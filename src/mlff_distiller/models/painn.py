@@ -15,6 +15,7 @@ from torch import nn
 
 from mlff_distiller.graph import AtomicGraph, edge_vectors
 from mlff_distiller.models.components import BesselBasis, CosineCutoff
+from mlff_distiller.models.edge_ops import edge_message
 
 
 class PaiNNInteraction(nn.Module):
@@ -29,11 +30,17 @@ class PaiNNInteraction(nn.Module):
     first
         Whether this is the first block: vector features are still exactly zero there, so
         the ``v_j`` term of the message is skipped (a static choice, not a data-dependent one).
+    lean_messages
+        In training mode, compute the message with :func:`~.edge_ops.edge_message`, whose
+        backward passes keep no (E, F)-wide tensor (see :meth:`lean_message`).
     """
 
-    def __init__(self, n_features: int, n_rbf: int, first: bool) -> None:
+    def __init__(
+        self, n_features: int, n_rbf: int, first: bool, lean_messages: bool = False
+    ) -> None:
         super().__init__()
         F = int(n_features)
+        self.lean_messages = bool(lean_messages)
         self.n_features = F
         self.first = bool(first)
         # Under the square root of ||V v|| so that its gradient is finite when v = 0.
@@ -81,14 +88,21 @@ class PaiNNInteraction(nn.Module):
         """
         F = self.n_features
         # ---- message
-        x = self.phi(s).index_select(0, j) * self.filter(radial)
-        ds_edge, dv_gate, dv_radial = torch.split(x, F, dim=-1)
-        dv_edge = direction.unsqueeze(-1) * dv_radial.unsqueeze(1)
-        if not self.first:
-            dv_edge = dv_edge + v.index_select(0, j) * dv_gate.unsqueeze(1)
-        # Out-of-place index_add: one copy of s instead of zeros + aggregation + sum.
-        s = torch.index_add(s, 0, i, ds_edge)
-        v = torch.index_add(v, 0, i, dv_edge)
+        if self.lean_messages and self.training and not torch.jit.is_scripting():
+            # Training: the same message, with backward passes that keep only per-atom and
+            # thin per-edge tensors. Inference and TorchScript use the plain ops below.
+            ds, dv = self.lean_message(s, v, radial, direction, i, j)
+            s = s + ds
+            v = v + dv
+        else:
+            x = self.phi(s).index_select(0, j) * self.filter(radial)
+            ds_edge, dv_gate, dv_radial = torch.split(x, F, dim=-1)
+            dv_edge = direction.unsqueeze(-1) * dv_radial.unsqueeze(1)
+            if not self.first:
+                dv_edge = dv_edge + v.index_select(0, j) * dv_gate.unsqueeze(1)
+            # Out-of-place index_add: one copy of s instead of zeros + aggregation + sum.
+            s = torch.index_add(s, 0, i, ds_edge)
+            v = torch.index_add(v, 0, i, dv_edge)
 
         # ---- update
         u_v, v_v = torch.split(self.uv(v), F, dim=-1)
@@ -98,6 +112,54 @@ class PaiNNInteraction(nn.Module):
         v = v + a_vv.unsqueeze(1) * u_v
         s = s + a_sv * torch.sum(u_v * v_v, dim=1) + a_ss
         return s, v
+
+    @torch.jit.unused
+    def lean_message(
+        self,
+        s: torch.Tensor,
+        v: torch.Tensor,
+        radial: torch.Tensor,
+        direction: torch.Tensor,
+        i: torch.Tensor,
+        j: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed messages ``(ds, dv)`` as one :func:`~.edge_ops.edge_message`.
+
+        With ``phi(s)`` split into ``phi_s, phi_g, phi_r`` and the filter weight into
+        ``W_s, W_g, W_r`` (as the plain message splits its product), the message is a sum
+        over channels, each a per-atom feature with a per-edge scale and a weight block:
+        ``ds`` is channel (``phi_s``, 1, ``W_s``); ``dv`` along axis ``a`` is channel
+        (``phi_r``, ``direction[:, a]``, ``W_r``) plus, after the first block, channel
+        (``v[:, a] * phi_g``, 1, ``W_g``). Equal to the plain message to round-off; its
+        first and second derivatives keep only per-atom tensors, ``radial`` and the scales.
+
+        Parameters
+        ----------
+        s, v, radial, direction, i, j
+            As in :meth:`forward`.
+
+        Returns
+        -------
+        tuple[torch.Tensor, torch.Tensor]
+            ``ds`` (N, F) and ``dv`` (N, 3, F), to be added to ``s`` and ``v``.
+        """
+        F = self.n_features
+        p_s, p_g, p_r = torch.split(self.phi(s), F, dim=-1)
+        w_s, w_g, w_r = self.filter.weight.view(3, F, -1).unbind(0)
+        features = [p_s.unsqueeze(1), p_r.unsqueeze(1).expand(-1, 3, -1)]
+        scale = [radial.new_ones((radial.shape[0], 1)), direction]
+        weight = [w_s, w_r, w_r, w_r]
+        if not self.first:
+            features.append(v * p_g.unsqueeze(1))
+            scale.append(radial.new_ones((radial.shape[0], 3)))
+            weight += [w_g, w_g, w_g]
+        out = edge_message(
+            torch.cat(features, dim=1), torch.cat(scale, dim=1), radial, torch.stack(weight), j, i
+        )
+        dv = out[:, 1:4]
+        if not self.first:
+            dv = dv + out[:, 4:7]
+        return out[:, 0], dv
 
 
 class PaiNN(nn.Module):
@@ -115,6 +177,11 @@ class PaiNN(nn.Module):
         Cutoff radius in Å; edges at or beyond it contribute exactly zero.
     max_z
         Largest supported atomic number.
+    lean_messages
+        In training mode, compute messages with :mod:`~.edge_ops`: the same results to
+        round-off, with about 1 KB instead of 42 KB kept per edge (seed student) for the
+        forces and their training gradients. In eval mode and under TorchScript the plain
+        ops run either way. An execution choice, not part of :attr:`hyperparameters`.
 
     Attributes
     ----------
@@ -141,6 +208,7 @@ class PaiNN(nn.Module):
         n_rbf: int = 20,
         cutoff: float = 5.0,
         max_z: int = 118,
+        lean_messages: bool = False,
     ) -> None:
         super().__init__()
         self.hyperparameters = {
@@ -158,7 +226,10 @@ class PaiNN(nn.Module):
         self.radial_basis = BesselBasis(n_rbf, cutoff)
         self.cutoff_fn = CosineCutoff(cutoff)
         self.interactions = nn.ModuleList(
-            [PaiNNInteraction(F, int(n_rbf), first=k == 0) for k in range(self.n_blocks)]
+            [
+                PaiNNInteraction(F, int(n_rbf), first=k == 0, lean_messages=lean_messages)
+                for k in range(self.n_blocks)
+            ]
         )
         self.readout = nn.Sequential(nn.Linear(F, F // 2), nn.SiLU(), nn.Linear(F // 2, 1))
         self.register_buffer("reference_energies", torch.zeros(int(max_z) + 1))

@@ -198,11 +198,23 @@ def derivatives(
         force = -_zeros_if_none(grads[0], positions)
     stress: torch.Tensor | None = None
     if displacement is not None:
-        volume = cell_volume(cell.detach()).view(-1, 1, 1)
-        nan = torch.full_like(volume, math.nan)
-        volume = torch.where(volume > min_volume, volume, nan)
-        stress = _zeros_if_none(grads[-1], displacement) / volume
+        stress = strain_gradient_to_stress(
+            _zeros_if_none(grads[-1], displacement), cell.detach(), min_volume
+        )
     return force, stress
+
+
+def strain_gradient_to_stress(
+    gradient: torch.Tensor, cell: torch.Tensor, min_volume: float = _MIN_VOLUME
+) -> torch.Tensor:
+    """Stress (B, 3, 3) in eV/Å³ (ASE sign) from ``dE/d displacement`` (B, 3, 3) in eV.
+
+    Divides by the volumes of ``cell`` (B, 3, 3), Å; cells of ``min_volume`` Å³ or less get
+    NaN stress.
+    """
+    volume = cell_volume(cell).view(-1, 1, 1)
+    nan = torch.full_like(volume, math.nan)
+    return gradient / torch.where(volume > min_volume, volume, nan)
 
 
 def cell_volume(cell: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,9 @@ silently shorter dataset hides it. Lower the temperature or timestep, or drop th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import ase
 import numpy as np
 from ase import units
@@ -29,6 +32,9 @@ except ImportError:  # ase < 3.29 has only the older name of the same Maxwell-Bo
 
 from mlff_distiller import keys
 from mlff_distiller.structures.filters import shortest_distance
+
+if TYPE_CHECKING:
+    from mlff_distiller.teachers.base import Teacher
 
 #: MD stops when two atoms come closer than this (Å).
 MD_MIN_DISTANCE = 0.5
@@ -152,19 +158,12 @@ def langevin_md(
         fixcm=False,
         rng=rng,
     )
-    max_temperature = max(
-        _EXPLOSION_TEMPERATURE_FACTOR * temperature_K, _EXPLOSION_TEMPERATURE_FLOOR_K
-    )
+    max_temperature = _max_temperature(temperature_K)
 
     def check_stable() -> None:
         reason = _instability(md_atoms, max_temperature)
         if reason is not None:
-            system = md_atoms.info.get(keys.SYSTEM_ID, md_atoms.get_chemical_formula())
-            raise MDInstabilityError(
-                f"MD of system {system!r} at {temperature_K:g} K became unstable at step "
-                f"{dyn.nsteps} ({reason}): lower the temperature or the time step "
-                f"(now {timestep_fs:g} fs), or remove this system"
-            )
+            raise _unstable(md_atoms, temperature_K, dyn.nsteps, reason, timestep_fs)
 
     dyn.attach(check_stable, interval=1)
     sampler = f"md-{temperature_K:g}K"
@@ -176,6 +175,423 @@ def langevin_md(
     finally:
         md_atoms.calc = None
     return frames
+
+
+class BatchedLangevin:
+    """ASE's Langevin dynamics of many trajectories at once, driven by a TorchSim model.
+
+    The propagator is that of :class:`ase.md.langevin.Langevin` (Vanden-Eijnden and
+    Ciccotti 2006, eq. 23, ``fixcm=False``), applied to all atoms of all trajectories as
+    tensors on the model's device; forces come from one model call per step for the whole
+    batch. Each trajectory draws its initial velocities (ASE's ``thermalize_momenta`` and
+    ``Stationary``) and its noise from its own ``numpy.random.default_rng(seed)``, in the
+    order ASE draws them, so a trajectory does not depend on the others in its batch, nor on
+    the device, and follows :func:`langevin_md` with the same seed and the teacher's ASE
+    calculator (up to the rounding of the model's forces, tested). TorchSim's own
+    ``nvt_langevin`` is not used: its noise is one stream for the whole batch (the global
+    torch generator in TorchSim 0.3, the state's in 0.4 and later), so a trajectory would
+    change with its batch mates, the device and the TorchSim version.
+
+    A batch shares one TorchSim state, and a TorchSim state one ``pbc``: the structures must
+    all be periodic along all three directions, or all along none.
+
+    Parameters
+    ----------
+    structures
+        Starting structures (``B`` trajectories, ``N`` atoms in all); not modified.
+    model
+        A TorchSim ``ModelInterface`` (``energy`` (B,) eV, ``forces`` (N, 3) eV/Å).
+    temperatures_K
+        Thermostat temperature of each trajectory, K (> 0).
+    seeds
+        Seed of each trajectory's random generator.
+    timestep_fs
+        Time step in fs.
+    friction
+        Langevin friction in 1/fs (0: velocity Verlet, NVE).
+
+    Attributes
+    ----------
+    steps : int
+        Steps taken so far.
+    energy : torch.Tensor
+        (B,) potential energy of every trajectory now, eV (float64).
+    """
+
+    def __init__(
+        self,
+        structures: Sequence[ase.Atoms],
+        model: Any,
+        temperatures_K: Sequence[float],
+        seeds: Sequence[int],
+        timestep_fs: float = 0.5,
+        friction: float = 0.01,
+    ) -> None:
+        import torch
+        import torch_sim as ts
+
+        from mlff_distiller.deploy.neighbours import SkinNeighbourList
+
+        structures = list(structures)
+        if not len(structures) == len(temperatures_K) == len(seeds) >= 1:
+            raise ValueError(
+                "BatchedLangevin needs one temperature and one seed per structure; got "
+                f"{len(structures)} structures, {len(temperatures_K)} temperatures, "
+                f"{len(seeds)} seeds"
+            )
+        if {tuple(atoms.pbc.tolist()) for atoms in structures} not in (
+            {(True, True, True)},
+            {(False, False, False)},
+        ):
+            raise ValueError(
+                "BatchedLangevin runs structures periodic along all three directions, or "
+                "along none, not both in one batch (nor partly periodic ones)"
+            )
+        if min(temperatures_K) <= 0 or friction < 0 or timestep_fs <= 0:
+            raise ValueError(
+                "BatchedLangevin needs temperatures > 0, friction >= 0 and timestep_fs > 0"
+            )
+        self.structures = structures
+        self.temperatures_K = [float(t) for t in temperatures_K]
+        self.timestep_fs = float(timestep_fs)
+        self._model = model
+        device = torch.device(model.device)
+        self._device = device
+        self._rngs = [np.random.default_rng(seed) for seed in seeds]
+        self._counts = [len(atoms) for atoms in structures]
+        momenta = []
+        for atoms, temperature, rng in zip(
+            structures, self.temperatures_K, self._rngs, strict=True
+        ):
+            # ASE's own draw, as langevin_md makes it: the same generator then goes on.
+            work = atoms.copy()
+            thermalize_momenta(work, temperature_K=temperature, rng=rng)
+            Stationary(work)
+            momenta.append(work.get_momenta())
+
+        def tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+            return torch.from_numpy(np.concatenate(arrays).astype(np.float64)).to(device)
+
+        self._state = ts.io.atoms_to_state(structures, device, model.dtype)
+        self._positions = tensor([atoms.positions for atoms in structures])
+        masses = tensor([atoms.get_masses() for atoms in structures]).unsqueeze(-1)
+        self._velocities = tensor(momenta) / masses
+        self._masses = masses
+        self._owner = torch.repeat_interleave(
+            torch.arange(len(structures), device=device),
+            torch.tensor(self._counts, device=device),
+        )
+        self._offsets = np.concatenate([[0], np.cumsum(self._counts)])
+        self._ptr = torch.from_numpy(self._offsets).to(device)
+        self._cell = tensor([atoms.cell.array[None] for atoms in structures])
+        self._pbc = torch.from_numpy(np.stack([atoms.pbc for atoms in structures])).to(device)
+        # ASE's Langevin coefficients (Langevin.updatevars), per atom.
+        dt = self.timestep_fs * units.fs
+        fr = friction / units.fs
+        kt = torch.tensor(
+            [units.kB * t for t in self.temperatures_K], dtype=torch.float64, device=device
+        )
+        sigma = torch.sqrt(2 * kt.index_select(0, self._owner).unsqueeze(-1) * fr / masses)
+        self._dt = dt
+        self._c1 = dt / 2.0 - dt * dt * fr / 8.0
+        self._c2 = dt * fr / 2 - dt * dt * fr * fr / 8.0
+        self._c3 = np.sqrt(dt) * sigma / 2.0 - dt**1.5 * fr * sigma / 8.0
+        self._c5 = dt**1.5 * sigma / (2 * np.sqrt(3))
+        self._c4 = fr / 2.0 * self._c5
+        self._max_temperature = torch.tensor(
+            [_max_temperature(t) for t in self.temperatures_K], dtype=torch.float64, device=device
+        )
+        self._close = SkinNeighbourList(MD_MIN_DISTANCE, skin=0.0)
+        self.steps = 0
+        self.energy, self._forces = self._evaluate()
+
+    def run(self, n_steps: int) -> None:
+        """Advance every trajectory by ``n_steps`` steps.
+
+        Raises
+        ------
+        MDInstabilityError
+            As :func:`langevin_md` does, checked after every step, naming the first
+            trajectory that became unstable.
+        """
+        import torch
+
+        # Each trajectory's noise for all n_steps in one draw per trajectory: the same
+        # numbers, in the same order, as ASE's per-step draws of xi, then eta.
+        noise = np.concatenate(
+            [
+                rng.standard_normal((n_steps, 2, n, 3))
+                for rng, n in zip(self._rngs, self._counts, strict=True)
+            ],
+            axis=2,
+        )
+        noise = torch.from_numpy(noise).to(self._device)
+        for step in range(n_steps):
+            xi, eta = noise[step]
+            rnd_pos = self._c5 * eta
+            rnd_vel = self._c3 * xi - self._c4 * eta
+            v = self._velocities
+            v = v + self._c1 * self._forces / self._masses - self._c2 * v + rnd_vel
+            self._positions = self._positions + self._dt * v + rnd_pos
+            self.energy, self._forces = self._evaluate()
+            v = v + self._c1 * self._forces / self._masses - self._c2 * v + rnd_vel
+            self._velocities = v
+            self.steps += 1
+            self._check()
+
+    def kinetic_energy(self) -> Any:
+        """(B,) kinetic energy of every trajectory, eV (float64 tensor)."""
+        per_atom = 0.5 * (self._masses * self._velocities**2).sum(dim=-1)
+        return self._per_system(per_atom)
+
+    def temperature(self) -> Any:
+        """(B,) kinetic temperature of every trajectory, K, as ASE's (3 degrees per atom)."""
+        import torch
+
+        counts = torch.tensor(self._counts, device=self._device, dtype=torch.float64)
+        return 2 * self.kinetic_energy() / (3 * counts * units.kB)
+
+    def frames(self) -> list[ase.Atoms]:
+        """The current snapshot of every trajectory, as :func:`langevin_md` returns them."""
+        positions = self._positions.cpu().numpy()
+        frames = []
+        for b, atoms in enumerate(self.structures):
+            frame = _fresh_frame(atoms, f"md-{self.temperatures_K[b]:g}K")
+            frame.positions = positions[self._offsets[b] : self._offsets[b + 1]]
+            frames.append(frame)
+        return frames
+
+    def _per_system(self, per_atom: Any) -> Any:
+        """Sum a per-atom quantity (N,) over each trajectory: (B,)."""
+        import torch
+
+        total = torch.zeros(len(self._counts), dtype=per_atom.dtype, device=self._device)
+        return total.index_add_(0, self._owner, per_atom)
+
+    def _evaluate(self) -> tuple[Any, Any]:
+        """Energies (B,) and forces (N, 3) at the current positions, float64."""
+        import torch
+
+        self._state.positions = self._positions.to(self._state.positions.dtype)
+        out = self._model(self._state)
+        return out["energy"].to(torch.float64), out["forces"].to(torch.float64)
+
+    def _check(self) -> None:
+        """Raise :class:`MDInstabilityError` for the first trajectory that looks unphysical."""
+        import torch
+
+        atoms_finite = torch.isfinite(torch.cat([self._positions, self._velocities], dim=-1)).all(
+            dim=-1
+        )
+        forces_finite = torch.isfinite(self._forces).all(dim=-1)
+        bad_state = self._per_system((~atoms_finite).double()) > 0
+        bad_forces = self._per_system((~forces_finite).double()) > 0
+        temperature = self.temperature()
+        hot = temperature > self._max_temperature
+        flags = torch.stack([bad_state, bad_forces, hot])
+        if bool(flags.any()):
+            kind, b = (int(x) for x in flags.nonzero()[0])
+            reason = [
+                "non-finite positions or velocities",
+                "non-finite forces",
+                f"kinetic temperature {float(temperature[b]):.0f} K, above "
+                f"{float(self._max_temperature[b]):.0f} K",
+            ][kind]
+            raise _unstable(
+                self.structures[b], self.temperatures_K[b], self.steps, reason, self.timestep_fs
+            )
+        # Only sane positions reach the neighbour search (an exploded box would be huge).
+        (i, j), shifts, _ = self._close(self._positions, self._cell, self._pbc, self._ptr)
+        if i.numel() == 0:
+            return
+        owner = self._owner.index_select(0, i)
+        vectors = self._positions[j] - self._positions[i]
+        vectors = vectors + torch.einsum("ek,ekl->el", shifts, self._cell.index_select(0, owner))
+        distance = torch.linalg.norm(vectors, dim=-1)
+        close = distance < MD_MIN_DISTANCE
+        if bool(close.any()):
+            first = int(close.nonzero()[0, 0])
+            b = int(owner[first])
+            shortest = float(distance[owner == b].min())
+            reason = f"two atoms {shortest:.3f} Å apart, below {MD_MIN_DISTANCE} Å"
+            raise _unstable(
+                self.structures[b], self.temperatures_K[b], self.steps, reason, self.timestep_fs
+            )
+
+
+def batched_langevin_md(
+    structures: Sequence[ase.Atoms],
+    model: Any,
+    temperatures_K: Sequence[float],
+    seeds: Sequence[int],
+    n_frames: int,
+    interval: int,
+    timestep_fs: float = 0.5,
+    friction: float = 0.01,
+    batch_atoms: int | None = None,
+) -> list[list[ase.Atoms]]:
+    """:func:`langevin_md` of many trajectories at once on a TorchSim model.
+
+    Trajectory ``k`` starts from ``structures[k]`` at ``temperatures_K[k]`` with
+    ``seeds[k]``; trajectories run together in batches (:class:`BatchedLangevin`) of at most
+    ``batch_atoms`` atoms, fully periodic and non-periodic structures in separate batches.
+    The frames schedule is that of :func:`langevin_md`, and so are the frames: the first
+    after ``interval`` steps, without calculator, labels or momenta, with
+    ``info["sampler"] = f"md-{temperature:g}K"``.
+
+    Parameters
+    ----------
+    structures
+        Starting structures, each periodic along all three cell vectors or along none.
+    model
+        A TorchSim ``ModelInterface``, e.g. a teacher's ``torchsim_model()``.
+    temperatures_K, seeds
+        Temperature (K, > 0) and seed of each trajectory.
+    n_frames, interval, timestep_fs, friction
+        As for :func:`langevin_md`.
+    batch_atoms
+        Most atoms per batch (``None``: one batch per kind of periodicity); a structure with
+        more atoms runs alone.
+
+    Returns
+    -------
+    list[list[ase.Atoms]]
+        The ``n_frames`` frames of each trajectory, in the order of ``structures``.
+
+    Raises
+    ------
+    MDInstabilityError
+        As :func:`langevin_md`, naming the first trajectory that became unstable.
+    ValueError
+        If the arguments do not match, or a structure is periodic along only some directions.
+    """
+    from mlff_distiller.data.batching import plan_batches
+
+    if n_frames < 1 or interval < 1:
+        raise ValueError(
+            f"batched_langevin_md needs n_frames >= 1 and interval >= 1; got {n_frames}, {interval}"
+        )
+    if not len(structures) == len(temperatures_K) == len(seeds):
+        raise ValueError(
+            f"batched_langevin_md needs one temperature and one seed per structure; got "
+            f"{len(structures)} structures, {len(temperatures_K)} temperatures, "
+            f"{len(seeds)} seeds"
+        )
+    n_atoms = np.array([len(atoms) for atoms in structures], dtype=np.int64)
+    frames: list[list[ase.Atoms]] = [[] for _ in structures]
+    for periodic in (False, True):
+        group = [k for k, atoms in enumerate(structures) if bool(atoms.pbc.all()) == periodic]
+        if not group:
+            continue
+        batches = plan_batches(
+            group, n_atoms, np.zeros_like(n_atoms), max_structures=len(group), max_atoms=batch_atoms
+        )
+        for batch in batches:
+            members = batch.tolist()
+            md = BatchedLangevin(
+                [structures[k] for k in members],
+                model,
+                [temperatures_K[k] for k in members],
+                [seeds[k] for k in members],
+                timestep_fs=timestep_fs,
+                friction=friction,
+            )
+            for _ in range(n_frames):
+                md.run(interval)
+                for k, frame in zip(members, md.frames(), strict=True):
+                    frames[k].append(frame)
+    return frames
+
+
+def teacher_md(
+    structures: Sequence[ase.Atoms],
+    teacher: Teacher,
+    temperatures_K: Sequence[float],
+    seeds: Sequence[Sequence[int]],
+    n_frames: int,
+    interval: int,
+    timestep_fs: float = 0.5,
+    friction: float = 0.01,
+) -> list[list[ase.Atoms]]:
+    """Teacher-driven Langevin MD of every structure at every temperature.
+
+    Batched (:func:`batched_langevin_md`, within the teacher's ``batch_atoms``) on the
+    teacher's TorchSim model where it offers one (:class:`~mlff_distiller.teachers.base.
+    TorchSimTeacher`); otherwise, and for structures periodic along only some directions,
+    one trajectory at a time with ASE's Langevin on the teacher's calculator
+    (:func:`langevin_md`). Both follow the same dynamics from the same seeds.
+
+    Parameters
+    ----------
+    structures
+        Starting structures (not modified).
+    teacher
+        The teacher driving the dynamics.
+    temperatures_K
+        Thermostat temperatures, K: one trajectory per structure and temperature.
+    seeds
+        ``seeds[i][t]``: seed of structure ``i`` at ``temperatures_K[t]``.
+    n_frames, interval, timestep_fs, friction
+        As for :func:`langevin_md`.
+
+    Returns
+    -------
+    list[list[ase.Atoms]]
+        For each structure, the frames of its trajectories, temperature by temperature.
+    """
+    from mlff_distiller.teachers.base import TorchSimTeacher
+
+    model = teacher.torchsim_model() if isinstance(teacher, TorchSimTeacher) else None
+    jobs = [(i, t) for i in range(len(structures)) for t in range(len(temperatures_K))]
+    uniform = [bool(structures[i].pbc.all()) or not structures[i].pbc.any() for i, _ in jobs]
+    batched = [job for job, ok in zip(jobs, uniform, strict=True) if ok and model is not None]
+    results: dict[tuple[int, int], list[ase.Atoms]] = {}
+    if batched:
+        trajectories = batched_langevin_md(
+            [structures[i] for i, _ in batched],
+            model,
+            [temperatures_K[t] for _, t in batched],
+            [seeds[i][t] for i, t in batched],
+            n_frames,
+            interval,
+            timestep_fs=timestep_fs,
+            friction=friction,
+            batch_atoms=teacher.batch_atoms,
+        )
+        results.update(zip(batched, trajectories, strict=True))
+    for i, t in jobs:
+        if (i, t) not in results:
+            results[i, t] = langevin_md(
+                structures[i],
+                teacher.calculator(),
+                temperature_K=temperatures_K[t],
+                n_frames=n_frames,
+                interval=interval,
+                timestep_fs=timestep_fs,
+                friction=friction,
+                seed=seeds[i][t],
+            )
+    return [
+        [frame for t in range(len(temperatures_K)) for frame in results[i, t]]
+        for i in range(len(structures))
+    ]
+
+
+def _max_temperature(temperature_K: float) -> float:
+    """Kinetic temperature (K) above which MD at ``temperature_K`` counts as exploded."""
+    return max(_EXPLOSION_TEMPERATURE_FACTOR * temperature_K, _EXPLOSION_TEMPERATURE_FLOOR_K)
+
+
+def _unstable(
+    atoms: ase.Atoms, temperature_K: float, step: int, reason: str, timestep_fs: float
+) -> MDInstabilityError:
+    """The error of an MD run that became unstable, naming system, temperature and step."""
+    system = atoms.info.get(keys.SYSTEM_ID, atoms.get_chemical_formula())
+    return MDInstabilityError(
+        f"MD of system {system!r} at {temperature_K:g} K became unstable at step {step} "
+        f"({reason}): lower the temperature or the time step (now {timestep_fs:g} fs), or "
+        "remove this system"
+    )
 
 
 def _instability(atoms: ase.Atoms, max_temperature: float) -> str | None:

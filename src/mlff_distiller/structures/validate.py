@@ -1,11 +1,15 @@
-"""Every source of structures checked before any work: SMILES, ASE molecule names, files.
+"""Every source of structures checked before any work.
 
-A distillation run takes hours, and an input found bad at its turn loses the work done
-before it. :func:`collect_systems` parses every SMILES, looks up every name, reads every file
-and checks every frame first, and raises one :class:`StructureInputError` that lists each bad
-input (the SMILES, the name, the file and frame) with its fix. A frame must have atoms, and not
-too many; known elements; finite positions and cell; coordinates of a sane size; a cell of
-nonzero volume where it is periodic; and no two atoms closer than ``min_distance``.
+The sources: SMILES (inline and files), ASE molecule names, crystals, structure files and
+labelled files. A distillation run takes hours, and an input found bad at its turn loses the
+work done before it. :func:`collect_systems` parses every SMILES, looks up every name, builds
+every crystal, reads every file and checks every frame first, and raises one
+:class:`StructureInputError` that lists each bad input (the SMILES, the name, the file and
+frame) with its fix. A frame must have atoms, and not too many; known elements; finite
+positions and cell; coordinates of a sane size; a cell of nonzero volume where it is
+periodic; no two atoms closer than ``min_distance``; and, for a molecule from a file, all its
+hydrogens (:mod:`mlff_distiller.structures.hydrogens`). A labelled frame must also have its
+labels under the keys the config names.
 """
 
 from __future__ import annotations
@@ -20,8 +24,20 @@ import ase.io
 import numpy as np
 
 from mlff_distiller import keys
+from mlff_distiller.config import CrystalConfig, LabelledFileConfig, SmilesFileConfig
 from mlff_distiller.structures.filters import shortest_distance
-from mlff_distiller.structures.sources import INITIAL, from_ase_molecule, from_smiles
+from mlff_distiller.structures.hydrogens import missing_hydrogen_problems
+from mlff_distiller.structures.imported import frame_system_id, labelled_frame
+from mlff_distiller.structures.sources import (
+    INITIAL,
+    SDF_SUFFIXES,
+    conformers_from_smiles,
+    crystal,
+    from_ase_molecule,
+    from_smiles,
+    read_sdf,
+    read_smiles_file,
+)
 
 MAX_ATOMS = 10_000
 """Most atoms a frame may have: students learn from structures of tens to hundreds of atoms,
@@ -44,7 +60,7 @@ class StructureInputError(ValueError):
 
 @dataclass(frozen=True)
 class SystemSource:
-    """One system of a run: what it is and how its starting structure is built.
+    """One system of a run: what it is and how its starting structures are built.
 
     Attributes
     ----------
@@ -53,19 +69,41 @@ class SystemSource:
     origin
         How messages name its source, e.g. ``SMILES 'CCO'`` or ``frame 2 of mols.xyz``.
     numbers
-        (N,) atomic numbers of the starting structure, hydrogens included.
+        (N,) atomic numbers of the starting structure, hydrogens included (of a labelled
+        system: its first frame's).
     build
-        Builds the starting structure (``info["system_id"]`` and ``info["sampler"]`` set).
+        Builds the (first) starting structure (``info["system_id"]`` and ``info["sampler"]``
+        set).
+    source
+        The input it came from, for reports: ``smiles``, ``smiles_file mols.smi``,
+        ``ase_molecules``, ``crystals``, ``file x.pdb`` or ``labelled_file x.extxyz``.
+    build_all
+        Builds every starting structure (a molecule's conformers); None: ``[build()]``.
+    labelled
+        Its structures are labelled frames read from a file (``sampler`` ``imported``), kept
+        as they are: no sampling, no teacher.
+    elements
+        Atomic numbers of every element of the system, ascending (for element checks).
     """
 
     system_id: str
     origin: str
     numbers: np.ndarray
     build: Callable[[], ase.Atoms]
+    source: str = ""
+    build_all: Callable[[], list[ase.Atoms]] | None = None
+    labelled: bool = False
+    elements: tuple[int, ...] = ()
 
     def placeholder(self) -> ase.Atoms:
         """Atoms of the right composition and ``system_id`` (for element checks; no geometry)."""
-        return ase.Atoms(numbers=self.numbers, info={keys.SYSTEM_ID: self.system_id})
+        others = sorted(set(self.elements) - set(self.numbers.tolist()))
+        numbers = np.concatenate([self.numbers, np.asarray(others, dtype=int)])
+        return ase.Atoms(numbers=numbers, info={keys.SYSTEM_ID: self.system_id})
+
+    def starting_structures(self) -> list[ase.Atoms]:
+        """Every starting structure (or, of a labelled system, every frame), freshly built."""
+        return [self.build()] if self.build_all is None else self.build_all()
 
 
 def collect_systems(
@@ -73,24 +111,50 @@ def collect_systems(
     ase_molecules: Sequence[str],
     files: Sequence[str | Path],
     min_distance: float,
+    *,
+    smiles_files: Sequence[SmilesFileConfig] = (),
+    conformers: int = 1,
+    embedding_seed: int = 0,
+    crystals: Sequence[CrystalConfig] = (),
+    labelled_files: Sequence[LabelledFileConfig] = (),
+    allow_missing_hydrogens: bool = False,
 ) -> list[SystemSource]:
-    """Check every source and return the systems in order: SMILES, ASE names, file frames.
+    """Check every source and return the systems in order.
+
+    The order: SMILES (inline, then files), ASE names, crystals, file frames, labelled systems.
 
     Parameters
     ----------
     smiles
-        SMILES strings; the ``k``-th is embedded with seed ``k``.
+        SMILES strings; with those of ``smiles_files`` after them, the ``k``-th is embedded
+        with seed ``embedding_seed + k``.
     ase_molecules
         Names known to :func:`ase.build.molecule`.
     files
-        ASE-readable structure files; each frame is a system ``"{file name}:{frame}"``.
+        Structure files; each frame is a system ``"{file name}:{frame}"``. SDF/MOL files are
+        read with RDKit (:func:`..sources.read_sdf`), others with ASE.
     min_distance
         Smallest interatomic distance (Å) a frame from a file may have.
+    smiles_files
+        Files of SMILES (:class:`~mlff_distiller.config.SmilesFileConfig`).
+    conformers
+        Starting conformers per SMILES (:func:`..sources.conformers_from_smiles`).
+    embedding_seed
+        Offset of the embedding seeds.
+    crystals
+        Bulk crystals (:class:`~mlff_distiller.config.CrystalConfig`).
+    labelled_files
+        Files of labelled frames (:class:`~mlff_distiller.config.LabelledFileConfig`);
+        frames sharing a ``system_key`` value are one system.
+    allow_missing_hydrogens
+        Accept molecules from ``files`` and ``labelled_files`` that lack hydrogens
+        (:mod:`..hydrogens`); otherwise each is a problem naming the file, frame and atoms.
 
     Returns
     -------
     list[SystemSource]
-        One per SMILES, name and frame, nothing built yet except the frames read from files.
+        One per SMILES, name, crystal and frame (labelled frames: per system), nothing
+        built yet except what was read from files.
 
     Raises
     ------
@@ -99,37 +163,101 @@ def collect_systems(
     """
     systems: list[SystemSource] = []
     problems: list[str] = []
-    for k, text in enumerate(smiles):
+    molecules = [(text, None, "smiles") for text in smiles]
+    for entry in smiles_files:
+        try:
+            listed = read_smiles_file(entry.path, entry.column, entry.name_column)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        molecules += [(text, name, f"smiles_file {entry.path}") for text, name in listed]
+    for k, (text, name, source) in enumerate(molecules):
         try:
             numbers = smiles_numbers(text)
         except StructureInputError as exc:
-            problems.append(str(exc))
+            where = f" (in {source.removeprefix('smiles_file ')})" if source != "smiles" else ""
+            problems.append(str(exc) + where)
             continue
-        build = partial(from_smiles, text, seed=k)
-        systems.append(SystemSource(text, f"SMILES {_quoted(text)}", numbers, build))
+        system_id = text if name is None else name
+        seed = embedding_seed + k
+        origin = f"SMILES {_quoted(text)}" + (f" ({name})" if name else "")
+        systems.append(
+            SystemSource(
+                system_id,
+                origin,
+                numbers,
+                partial(from_smiles, text, system_id, seed),
+                source=source,
+                build_all=None
+                if conformers == 1
+                else partial(conformers_from_smiles, text, conformers, system_id, seed),
+            )
+        )
     for name in ase_molecules:
         try:
             atoms = from_ase_molecule(name)
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        systems.append(SystemSource(name, f"ASE molecule {name!r}", atoms.numbers, atoms.copy))
+        systems.append(
+            SystemSource(
+                name, f"ASE molecule {name!r}", atoms.numbers, atoms.copy, source="ase_molecules"
+            )
+        )
+    for entry in crystals:
+        try:
+            atoms = crystal(
+                entry.name,
+                entry.crystalstructure,
+                entry.a,
+                entry.c,
+                entry.cubic,
+                entry.supercell,
+                entry.system_id,
+            )
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        where = f"crystal {atoms.info[keys.SYSTEM_ID]!r}"
+        found = frame_problems(atoms, min_distance)
+        if found:
+            problems.append(f"{where}: " + ", ".join(found))
+            continue
+        systems.append(
+            SystemSource(
+                atoms.info[keys.SYSTEM_ID], where, atoms.numbers, atoms.copy, source="crystals"
+            )
+        )
     for path in files:
         try:
-            frames = read_frames(path, fix=_FILE_FIX)
+            frames, implicit = _structure_file(path)
         except StructureInputError as exc:
             problems.append(str(exc))
             continue
+        is_pdb = Path(path).suffix.lower() in (".pdb", ".ent")
         for k, atoms in enumerate(frames):
             where = f"frame {k} of {path}"
             found = frame_problems(atoms, min_distance)
+            if not found and not allow_missing_hydrogens:
+                found = hydrogen_problems(atoms, implicit[k], molecule=is_pdb)
             if found:
                 problems.append(f"{where}: " + ", ".join(found))
                 continue
             initial = _initial_frame(atoms, f"{Path(path).name}:{k}")
             systems.append(
-                SystemSource(initial.info[keys.SYSTEM_ID], where, initial.numbers, initial.copy)
+                SystemSource(
+                    initial.info[keys.SYSTEM_ID],
+                    where,
+                    initial.numbers,
+                    initial.copy,
+                    source=f"file {path}",
+                )
             )
+    for entry in labelled_files:
+        try:
+            systems += _labelled_systems(entry, min_distance, allow_missing_hydrogens)
+        except StructureInputError as exc:
+            problems.append(str(exc))
     if problems:
         listed = problems[:_MAX_LISTED_PROBLEMS]
         more = len(problems) - len(listed)
@@ -138,6 +266,107 @@ def collect_systems(
             "anything): " + "; ".join(listed) + (f"; and {more} more" if more else "")
         )
     return systems
+
+
+_HYDROGEN_FIX = (
+    "give the structure with all its hydrogens (e.g. add them with RDKit, Open Babel or "
+    "pdbfixer), or set structures.allow_missing_hydrogens=true if it truly has dangling bonds"
+)
+
+
+def hydrogen_problems(atoms: ase.Atoms, implicit: int | None, molecule: bool = False) -> list[str]:
+    """Why a frame from a file is a molecule that lacks hydrogens (empty list: it is not).
+
+    Parameters
+    ----------
+    atoms
+        The frame. Only molecules are checked: non-periodic frames, or any frame when
+        ``molecule`` (a PDB file's, whose CRYST1 record makes it periodic).
+    implicit
+        Hydrogens its bond orders imply it lacks (SDF/MOL records), or None when unknown.
+    molecule
+        Check it even if it is periodic.
+    """
+    if implicit:
+        return [
+            f"it lacks {implicit} hydrogen(s) that its bond orders imply (RDKit finds them "
+            f"implicit): {_HYDROGEN_FIX}"
+        ]
+    if np.asarray(atoms.pbc).any() and not molecule:
+        return []
+    found = missing_hydrogen_problems(atoms)
+    if found:
+        return [f"an organic molecule lacking hydrogens ({'; '.join(found)}): {_HYDROGEN_FIX}"]
+    return []
+
+
+def _structure_file(path: str | Path) -> tuple[list[ase.Atoms], list[int | None]]:
+    """Frames of a structure file and the implicit hydrogens of each (None: unknown)."""
+    if Path(path).suffix.lower() not in SDF_SUFFIXES:
+        frames = read_frames(path, fix=_FILE_FIX)
+        return frames, [None] * len(frames)
+    _check_is_file(Path(path))
+    try:
+        records = read_sdf(path)
+    except ValueError as exc:
+        raise StructureInputError(str(exc)) from None
+    return [atoms for atoms, _ in records], [implicit for _, implicit in records]
+
+
+def _labelled_systems(
+    entry: LabelledFileConfig, min_distance: float, allow_missing_hydrogens: bool
+) -> list[SystemSource]:
+    """The systems of a file of labelled frames, each frame checked (problems all at once)."""
+    path = Path(entry.path)
+    fix = "check the file, and that ASE reads it with its labels (extxyz)"
+    raw = read_frames(path, fix=fix)
+    problems = []
+    by_system: dict[str, list[ase.Atoms]] = {}
+    for k, atoms in enumerate(raw):
+        where = f"frame {k} of {path}"
+        system_id = frame_system_id(atoms, entry.system_key, path, k)
+        found = frame_problems(atoms, min_distance)
+        if not found and not allow_missing_hydrogens:
+            found = hydrogen_problems(atoms, None)
+        if found:
+            problems.append(f"{where}: " + ", ".join(found))
+            continue
+        frame, found = labelled_frame(
+            atoms, entry.energy_key, entry.forces_key, entry.stress_key, system_id
+        )
+        if frame is None:
+            problems.append(
+                f"{where}: " + ", ".join(found) + ": set the labelled_files entry's "
+                "energy_key/forces_key/stress_key to the keys the file uses"
+            )
+            continue
+        by_system.setdefault(system_id, []).append(frame)
+    if problems:
+        listed = problems[:_MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(listed)
+        raise StructureInputError(
+            "; ".join(listed) + (f"; and {more} more frame(s) of {path}" if more else "")
+        )
+    systems = []
+    for system_id, frames in by_system.items():
+        elements = tuple(sorted({int(z) for frame in frames for z in frame.numbers}))
+        systems.append(
+            SystemSource(
+                system_id,
+                f"system {system_id!r} of {path} ({len(frames)} labelled frames)",
+                frames[0].numbers,
+                frames[0].copy,
+                source=f"labelled_file {path}",
+                build_all=partial(_copies, tuple(frames)),
+                labelled=True,
+                elements=elements,
+            )
+        )
+    return systems
+
+
+def _copies(frames: tuple[ase.Atoms, ...]) -> list[ase.Atoms]:
+    return [frame.copy() for frame in frames]
 
 
 def smiles_numbers(smiles: str) -> np.ndarray:
@@ -218,10 +447,7 @@ def read_frames(path: str | Path, fix: str, format: str | None = None) -> list[a
         If the file is missing, not a file, unreadable, not parseable, or holds no frame.
     """
     path = Path(path)
-    if not path.exists():
-        raise StructureInputError(f"{path} does not exist: check the path")
-    if not path.is_file():
-        raise StructureInputError(f"{path} is not a file: give a structure file")
+    _check_is_file(path)
     try:
         frames = ase.io.read(path, index=":", format=format)
     except Exception as exc:  # parsers fail in many ways; each means the same to the user
@@ -232,6 +458,13 @@ def read_frames(path: str | Path, fix: str, format: str | None = None) -> list[a
     if not frames:
         raise StructureInputError(f"{path} holds no structure (it is empty): {fix}")
     return frames
+
+
+def _check_is_file(path: Path) -> None:
+    if not path.exists():
+        raise StructureInputError(f"{path} does not exist: check the path")
+    if not path.is_file():
+        raise StructureInputError(f"{path} is not a file: give a structure file")
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import ase
 import numpy as np
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import BaseCalculator, Calculator
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlff_distiller.teachers.base import (
@@ -30,7 +30,9 @@ class ASECalculatorTeacher:
     ----------
     calc
         The ASE calculator; it must implement ``energy`` and ``forces``, and ``stress`` if
-        fully periodic structures are labelled.
+        fully periodic structures are labelled. Or a function without arguments that builds
+        it when first needed (a teacher that labels in batches then loads no second model
+        unless its calculator is asked for).
     name
         Registry name of the teacher.
     version
@@ -43,13 +45,15 @@ class ASECalculatorTeacher:
 
     def __init__(
         self,
-        calc: Calculator,
+        calc: Calculator | Callable[[], Calculator],
         name: str,
         version: str,
         elements: Iterable[int],
         cutoff: float | None = None,
     ) -> None:
-        self._calc = calc
+        ready = isinstance(calc, BaseCalculator)
+        self._calc: Calculator | None = calc if ready else None  # type: ignore[assignment]
+        self._make_calc = None if ready else calc
         self.name = name
         self.version = version
         self.elements = frozenset(int(z) for z in elements)
@@ -59,7 +63,10 @@ class ASECalculatorTeacher:
         return f"{type(self).__name__}(name={self.name!r}, version={self.version!r})"
 
     def calculator(self) -> Calculator:
-        """The wrapped ASE calculator (shared with :meth:`label`)."""
+        """The wrapped ASE calculator (shared with :meth:`label`), built on first use."""
+        if self._calc is None:
+            assert self._make_calc is not None
+            self._calc = self._make_calc()
         return self._calc
 
     def label(self, structures: Sequence[ase.Atoms]) -> list[Labels]:
@@ -88,10 +95,11 @@ class ASECalculatorTeacher:
 
     def _label_one(self, atoms: ase.Atoms, index: int) -> Labels:
         work = atoms.copy()
+        calc = self.calculator()
         # Some calculators compare only part of the state before reusing results; a reset
         # makes every structure a fresh calculation.
-        self._calc.reset()
-        work.calc = self._calc
+        calc.reset()
+        work.calc = calc
         try:
             energy = float(work.get_potential_energy())
             forces = np.array(work.get_forces(), dtype=np.float64)

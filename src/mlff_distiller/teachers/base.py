@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import ase
 import numpy as np
@@ -24,6 +24,8 @@ from mlff_distiller.keys import SYSTEM_ID
 
 #: Above this many supported elements an error message gives the count, not the list.
 _MAX_LISTED_ELEMENTS = 20
+#: Most atoms per model call of a batching teacher; the default of ``teacher.batch_atoms``.
+DEFAULT_BATCH_ATOMS = 2048
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +84,27 @@ class Teacher(Protocol):
 
     def calculator(self) -> Calculator:
         """An ASE calculator of the same model, e.g. to drive molecular dynamics."""
+        ...
+
+
+@runtime_checkable
+class TorchSimTeacher(Teacher, Protocol):
+    """A teacher that also offers a TorchSim model, for batched MD of many systems at once.
+
+    Attributes
+    ----------
+    batch_atoms
+        Most atoms per model call (``None``: one structure at a time).
+    """
+
+    batch_atoms: int | None
+
+    def torchsim_model(self) -> Any:
+        """A ``torch_sim.models.interface.ModelInterface`` of the same model, or ``None``.
+
+        ``None`` when TorchSim is not installed, or when the teacher does not batch
+        (``batch_atoms`` is ``None``): callers then fall back to :meth:`calculator`.
+        """
         ...
 
 

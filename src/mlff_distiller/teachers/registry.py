@@ -4,34 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mlff_distiller.teachers.base import Teacher
+from mlff_distiller.teachers.base import DEFAULT_BATCH_ATOMS, Teacher
 
 
-def _emt(device: str) -> Teacher:
+def _emt(device: str, batch_atoms: int | None) -> Teacher:
     from mlff_distiller.teachers.emt import emt_teacher
 
-    del device  # EMT is plain numpy
+    del device, batch_atoms  # EMT is plain numpy, one structure at a time
     return emt_teacher()
 
 
-def _sevennet0(device: str) -> Teacher:
+def _sevennet0(device: str, batch_atoms: int | None) -> Teacher:
     from mlff_distiller.teachers.sevenn import sevennet0_teacher
 
-    return sevennet0_teacher(device)
+    return sevennet0_teacher(device, batch_atoms)
 
 
-def _chgnet(device: str) -> Teacher:
+def _chgnet(device: str, batch_atoms: int | None) -> Teacher:
     try:
         from mlff_distiller.teachers.chgnet import chgnet_teacher
     except ImportError as exc:
         raise ImportError(
             "the 'chgnet' teacher needs chgnet: pip install 'mlff-distiller[chgnet]'"
         ) from exc
-    return chgnet_teacher(device)
+    return chgnet_teacher(device, batch_atoms)
 
 
-#: Registry name -> factory taking a torch device name.
-TEACHERS: dict[str, Callable[[str], Teacher]] = {
+#: Registry name -> factory taking a torch device name and a batch budget in atoms (``None``:
+#: one structure at a time), which teachers that cannot batch ignore.
+TEACHERS: dict[str, Callable[[str, int | None], Teacher]] = {
     "emt": _emt,
     "7net-0": _sevennet0,
     "chgnet": _chgnet,
@@ -43,7 +44,9 @@ def available_teachers() -> list[str]:
     return sorted(TEACHERS)
 
 
-def get_teacher(name: str, device: str = "cpu") -> Teacher:
+def get_teacher(
+    name: str, device: str = "cpu", batch_atoms: int | None = DEFAULT_BATCH_ATOMS
+) -> Teacher:
     """Build the teacher registered as ``name`` on ``device``.
 
     Parameters
@@ -52,6 +55,9 @@ def get_teacher(name: str, device: str = "cpu") -> Teacher:
         A registry name, see :func:`available_teachers`.
     device
         Torch device for teachers that run on torch (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+    batch_atoms
+        Most atoms per model call of teachers that batch (``7net-0``, ``chgnet``); ``None``
+        labels one structure at a time through the teacher's ASE calculator.
 
     Raises
     ------
@@ -63,4 +69,4 @@ def get_teacher(name: str, device: str = "cpu") -> Teacher:
         raise ValueError(
             f"unknown teacher {name!r}; available teachers: {', '.join(available_teachers())}"
         )
-    return factory(device)
+    return factory(device, batch_atoms)

@@ -10,7 +10,9 @@ Data path: the training and validation sets go to the device once
 (:class:`~mlff_distiller.data.batching.GraphSet`, with the neighbour lists stored in the
 dataset) and every step gathers its batch there by index; the step
 (:class:`~mlff_distiller.training.step.TrainStep`) never waits for the device, and the loss
-is read back once per epoch.
+is read back once per epoch. With ``training.static_shapes`` batches are padded to fixed
+capacities (:class:`~mlff_distiller.training.step.StaticTrainStep`), and on CUDA the whole
+step is captured once in a CUDA graph and replayed (``training.cuda_graph``).
 
 Several processes (``torchrun --nproc-per-node K -m mlff_distiller train RUN``): each plans
 the same batches (same seed) and takes its share of every one; DistributedDataParallel sums
@@ -36,15 +38,22 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from mlff_distiller import keys
 from mlff_distiller.atomic import atomic_path, write_text
 from mlff_distiller.config import Config
-from mlff_distiller.data.batching import Capacity, GraphSet, capacity, plan_batches, plan_steps
+from mlff_distiller.data.batching import GraphSet, capacity, plan_batches, plan_steps
 from mlff_distiller.data.dataset import PackedDataset, load_dataset
 from mlff_distiller.deploy.artefact import save_student
+from mlff_distiller.graph import padding_length
 from mlff_distiller.models import PaiNN, predict
 from mlff_distiller.models.components import fit_reference_energies
 from mlff_distiller.training.distributed import Distributed
 from mlff_distiller.training.losses import DistillationLoss, LossScales
 from mlff_distiller.training.schedule import LearningRate, planned_epochs
-from mlff_distiller.training.step import ExponentialMovingAverage, TrainStep, cells_for_stress
+from mlff_distiller.training.step import (
+    ExponentialMovingAverage,
+    StaticTrainStep,
+    TrainStep,
+    cells_for_stress,
+    set_capturable,
+)
 
 CHECKPOINT_FORMAT = 2
 """Version of ``last.ckpt``; a checkpoint of another version is not resumed."""
@@ -78,11 +87,6 @@ def build_student(config: Config, train: PackedDataset) -> PaiNN:
     rms_force = float(np.sqrt(np.mean(train.arrays[keys.TEACHER_FORCES] ** 2)))
     model.scale.fill_(max(rms_force, 1e-3))
     return model
-
-
-def padding_length(cutoff: float) -> float:
-    """Length (Å) of the padding edges of static-shape batches: beyond any cutoff edge."""
-    return 2.0 * cutoff + 1.0
 
 
 def _csv_text(history: list[dict[str, Any]]) -> str:
@@ -208,6 +212,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = LearningRate(cfg)
         generator = torch.Generator().manual_seed(cfg.seed)
+        captured = self._captured()
         state: dict[str, Any] = {"epoch": 0, "best_val": math.inf, "history": []}
         if self.last_path.is_file():
             state = self._load_last()
@@ -224,7 +229,10 @@ class Trainer:
                 + (f", stress {math.sqrt(scales.stress):.3g} eV/Å³" if stress else "")
                 + f"; data on {train_set.storage}"
                 + (f"; {dist.world_size} processes" if dist.world_size > 1 else "")
+                + ("; step captured in a CUDA graph" if captured else "")
             )
+        # A loaded optimiser state comes in the mode it was saved in; this run's mode wins.
+        set_capturable(optimizer, captured)
         wrapped: torch.nn.Module = model
         if dist.world_size > 1:
             wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -232,10 +240,9 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,  # reference energies and scale never change
             )
-        step = TrainStep(
+        step: TrainStep | StaticTrainStep = TrainStep(
             wrapped, optimizer, ema, loss, cfg.grad_clip, stress=stress, world_size=dist.world_size
         )
-        static = None
         if cfg.static_shapes:
             static = capacity(
                 train_set.n_atoms,
@@ -245,6 +252,7 @@ class Trainer:
                 cfg.batch_edges,
                 dist.world_size,
             )
+            step = StaticTrainStep(step, static, padding_length(cutoff), cuda_graph=captured)
 
         log_dir = self.run_dir / "logs"
         writer = None
@@ -265,7 +273,7 @@ class Trainer:
                         cfg.epochs, cfg.max_minutes, [row["seconds"] for row in history]
                     )
                     train_loss, lr = self._train_epoch(
-                        step, schedule, train_set, generator, epoch, total, static
+                        step, schedule, train_set, generator, epoch, total
                     )
                     val = self._validate(ema.module, val_set, stress, loss)
                     seconds = dist.agree(time.perf_counter() - start)
@@ -320,15 +328,29 @@ class Trainer:
         dist.barrier()
         return self.student_path
 
+    def _captured(self) -> bool:
+        """Whether the training step is captured in a CUDA graph (``training.cuda_graph``)."""
+        cfg = self.config.training
+        captured = cfg.cuda_graph
+        if captured is None:
+            captured = cfg.static_shapes and self.device.type == "cuda"
+        if captured and self.dist.world_size > 1:
+            if cfg.cuda_graph:
+                self.console.print(
+                    "training.cuda_graph: the step runs eagerly with several processes "
+                    "(DistributedDataParallel's all-reduce is not captured)"
+                )
+            return False
+        return captured
+
     def _train_epoch(
         self,
-        step: TrainStep,
+        step: TrainStep | StaticTrainStep,
         schedule: LearningRate,
         train_set: GraphSet,
         generator: torch.Generator,
         epoch: int,
         total_epochs: int,
-        static: Capacity | None,
     ) -> tuple[float, float]:
         """One pass over the training set; returns the mean step loss and the last LR."""
         cfg = self.config.training
@@ -349,15 +371,12 @@ class Trainer:
             self.dist.rank,
             self.dist.world_size,
         )
-        pad = padding_length(self.config.model.cutoff) if static is not None else None
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         lr = math.nan
         for k, plan in enumerate(plans):
             lr = schedule.at(epoch - 1 + (k + 1) / len(plans), total_epochs)
-            for group in step.optimizer.param_groups:
-                group["lr"] = lr
-            graph, targets = train_set.gather(plan.index, plan.weights, static, pad)
-            total += step(graph, targets)
+            step.set_lr(lr)
+            total += step(*train_set.gather(plan.index, plan.weights))
         return float(self.dist.sum(total)) / len(plans), lr
 
     def _validate(
