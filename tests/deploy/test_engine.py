@@ -135,7 +135,8 @@ def test_compiled_cpu_path_follows_a_trajectory_without_recompiling():
     """compile=True on the CPU (functional_predict through inductor) equals eager predict.
 
     The list is exact at every step (no skin), so the number of edges changes from frame to
-    frame: after the first call nothing may be compiled again.
+    frame: after the first call nothing may be compiled again, not even for another student
+    of the same shape (its weights are inputs of the compiled code, not constants in it).
     """
     model = tiny_painn(dtype=torch.float64)
     atoms = example_structures()["si"] * (2, 2, 2)
@@ -152,3 +153,13 @@ def test_compiled_cpu_path_follows_a_trajectory_without_recompiling():
     assert len(n_edges) > 1
     assert engine.captures == 1
     assert engine.neighbours.builds == len(frames)
+
+    # Another student of the same shape reuses the compiled code with its own weights.
+    other = tiny_painn(seed=1, dtype=torch.float64)
+    other.scale.fill_(0.5)
+    other.shift.fill_(2.0)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        out = StudentEngine(other, "cpu", compile=True).compute(*_inputs(frames[-1]), stress=True)
+    expected = _reference(other, frames[-1], True)
+    for key in expected:
+        torch.testing.assert_close(out[key], expected[key], **SYMMETRY)

@@ -50,6 +50,15 @@ LAUNCH_BOUND_ATOMS = 1500
 DEFAULT_HEADROOM = 1.1
 """Edge capacity of a capture as a multiple of the edges present when it is made."""
 
+CPU_COMPILE_OPTIONS = {"cpp_wrapper": True, "cpp.threads": 1}
+"""Inductor options of the compiled CPU path (``compile=True`` without CUDA graphs).
+
+``cpp_wrapper``: the kernels are called from C++, not Python (cheaper calls), and built as
+one file (a faster first compilation). ``cpp.threads = 1``: inductor's own loops run on one
+thread, the matrix products still on all of torch's threads. Parallel loops would have to
+sum messages onto atoms with atomic adds, which made the whole step about 1.3 times slower
+on 2 cores (103 and 1,003 atoms, ``benchmarks/md_speed.py``)."""
+
 
 def auto_skin(device: torch.device, n_atoms: int) -> float:
     """The Verlet skin in Å that makes MD fastest, by device and system size.
@@ -284,15 +293,14 @@ class StudentEngine:
     def _compiled_predict(self, graph: AtomicGraph, stress: bool) -> dict[str, torch.Tensor]:
         """:func:`functional_predict`, compiled at the first call of each kind (CPU path).
 
-        ``torch.compile`` compiles again when ``stress`` or the number of structures
-        changes; those calls count as captures, their time as capture time.
+        ``torch.compile`` may compile again when ``stress`` or the number of structures
+        changes: the first call of each such kind counts as a capture, its time as capture
+        time.
         """
         start = time.perf_counter()
         if self._functional is None:
-            # cpp_wrapper: the kernels are called from C++ rather than Python (faster calls)
-            # and built as one file (a faster first compilation than one per kernel).
             self._functional = torch.compile(
-                functional_predict, dynamic=True, fullgraph=True, options={"cpp_wrapper": True}
+                functional_predict, dynamic=True, fullgraph=True, options=CPU_COMPILE_OPTIONS
             )
         kind = (stress, graph.n_structures)
         atomic, forces, stress_tensor = self._functional(self.model, graph, stress)
