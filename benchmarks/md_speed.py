@@ -14,9 +14,11 @@ What is timed (see ``../shared/design/BENCHMARKING.md``):
   each, continuing their own trajectories; the median block rate is reported with every raw
   block.
 - **batched**: R replicas of one molecule advanced together, through the student engine with a
-  velocity-Verlet loop on the device (``engine-verlet``) and through TorchSim's NVT Langevin
-  integrator with the student's ``ModelInterface`` (``torchsim-nvt``) where torch-sim is
-  installed; atom-steps/s.
+  velocity-Verlet loop on the device (``engine-verlet``; with ``batch-compiled`` in
+  ``--engines`` also ``engine-verlet-compiled``, the student compiled before capture) and
+  through TorchSim's NVT Langevin integrator with the student's ``ModelInterface``
+  (``torchsim-nvt``, with ``torchsim`` in ``--engines``) where torch-sim is installed;
+  atom-steps/s. The batched student is the first of ``--students``.
 
 ``--students`` names trained students (run directories or ``student.pt`` files), so that the
 MD is real MD: bonded, at 300 K, with neighbour-list rebuilds as often as the chemistry makes
@@ -167,6 +169,10 @@ class Trajectory:
         return out
 
 
+BATCH_ONLY = ("batch-compiled", "torchsim")
+"""Names in ``--engines`` that add rows of batched MD only."""
+
+
 def single(args: argparse.Namespace, results: list, save: Callable[[], None]) -> None:
     """Every student engine and every teacher on each system, alternately in one loop."""
     for name in args.systems:
@@ -174,6 +180,8 @@ def single(args: argparse.Namespace, results: list, save: Callable[[], None]) ->
         runs: list[tuple[str | None, Trajectory]] = []
         skipped: dict[str, str] = {}
         for engine in args.engines:
+            if engine in BATCH_ONLY:
+                continue
             teacher = engine in ("sevennet", "chgnet")
             for spec in [None] if teacher else args.students:
                 try:
@@ -223,10 +231,15 @@ def block_rates(steps: Callable[[int], None], rounds: int, device: str, k: int =
     return rates
 
 
-def engine_verlet(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Velocity Verlet of ``replicas`` copies, all on the device, through the student engine."""
+def engine_verlet(
+    atoms: ase.Atoms, replicas: int, args: argparse.Namespace, compile: bool = False
+) -> dict[str, Any]:
+    """Velocity Verlet of ``replicas`` copies, all on the device, through the student engine.
+
+    ``compile``: the engine compiles the student (``torch.compile``) before capturing it.
+    """
     device = args.device
-    engine = StudentEngine(student(args.students[0]), device)
+    engine = StudentEngine(student(args.students[0]), device, skin=args.batch_skin, compile=compile)
     n = len(atoms)
     rng = np.random.default_rng(1)
     positions = torch.tensor(np.tile(atoms.positions, (replicas, 1)), device=device)
@@ -261,13 +274,14 @@ def engine_verlet(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> 
     rates = block_rates(steps, args.rounds, device)
     rate = statistics.median(rates)
     out = {
-        "engine": "engine-verlet",
+        "engine": "engine-verlet-compiled" if compile else "engine-verlet",
         "replicas": replicas,
         "n_atoms_total": n * replicas,
         "steps_per_s": rate,
         "atom_steps_per_s": rate * n * replicas,
         "first_steps_seconds": first,
         "capture_seconds": engine.capture_seconds,
+        "skin": engine.neighbours.skin,
         "neighbour_builds": engine.neighbours.builds,
         "neighbour_calls": engine.neighbours.calls,
         "raw_steps_per_s": rates,
@@ -326,17 +340,20 @@ def breakdown(args: argparse.Namespace) -> dict[str, float]:
 
 def batched(args: argparse.Namespace, results: list, save: Callable[[], None]) -> None:
     atoms = systems.load(args.batch_system)
+    width = student(args.students[0]).hyperparameters["n_features"]
+    compiles = [False, True] if "batch-compiled" in args.engines else [False]
+    runs = [engine_verlet]
+    if _has_torchsim() and "torchsim" in args.engines:
+        runs.append(torchsim_nvt)
     for replicas in args.replicas:
-        row = engine_verlet(atoms, replicas, args)
-        row["system"] = args.batch_system
-        print(json.dumps({k: v for k, v in row.items() if k != "raw_steps_per_s"}), flush=True)
-        results.append(row)
-        save()
-        if _has_torchsim():
-            row = torchsim_nvt(atoms, replicas, args)
-            print(json.dumps(row), flush=True)
-            results.append(row)
-            save()
+        for run in runs:
+            for compile in compiles:
+                row = run(atoms, replicas, args, compile=compile)
+                row.update(system=args.batch_system, student=args.students[0], student_width=width)
+                shown = {k: v for k, v in row.items() if k != "raw_steps_per_s"}
+                print(json.dumps(shown), flush=True)
+                results.append(row)
+                save()
 
 
 def _has_torchsim() -> bool:
@@ -348,14 +365,25 @@ def _has_torchsim() -> bool:
     return hasattr(torch_sim, "nvt_langevin_step")
 
 
-def torchsim_nvt(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> dict[str, Any]:
-    """TorchSim NVT Langevin of ``replicas`` copies with the student's ModelInterface."""
+def torchsim_nvt(
+    atoms: ase.Atoms, replicas: int, args: argparse.Namespace, compile: bool = False
+) -> dict[str, Any]:
+    """TorchSim NVT Langevin of ``replicas`` copies with the student's ModelInterface.
+
+    ``compile``: the model's engine compiles the student before capturing it.
+    """
     import torch_sim as ts
 
     from mlff_distiller.deploy.torchsim import StudentModel
 
     device = args.device
-    model = StudentModel(student(args.students[0]), {"elements": ELEMENTS}, device=device)
+    model = StudentModel(
+        student(args.students[0]),
+        {"elements": ELEMENTS},
+        device=device,
+        skin=args.batch_skin,
+        compile=compile,
+    )
     kt = 300.0 * ts.units.MetalUnits.temperature
     dt = TIMESTEP_FS * 1e-3 * ts.units.MetalUnits.time
     state = ts.io.atoms_to_state([atoms] * replicas, model.device, model.dtype)
@@ -376,7 +404,7 @@ def torchsim_nvt(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> d
     rates = block_rates(steps, args.rounds, device)
     rate = statistics.median(rates)
     out = {
-        "engine": "torchsim-nvt",
+        "engine": "torchsim-nvt-compiled" if compile else "torchsim-nvt",
         "system": args.batch_system,
         "replicas": replicas,
         "n_atoms_total": len(atoms) * replicas,
@@ -384,6 +412,7 @@ def torchsim_nvt(atoms: ase.Atoms, replicas: int, args: argparse.Namespace) -> d
         "atom_steps_per_s": rate * len(atoms) * replicas,
         "first_steps_seconds": first,
         "capture_seconds": model.engine.capture_seconds,
+        "skin": model.engine.neighbours.skin,
         "neighbour_builds": model.engine.neighbours.builds,
         "neighbour_calls": model.engine.neighbours.calls,
         "raw_steps_per_s": rates,
@@ -440,15 +469,27 @@ def summarize(paths: list[Path]) -> str:
     if batched_rows:
         lines += [
             "",
-            "| hardware | engine | replicas × atoms | steps/s | atom-steps/s | peak GPU memory |",
-            "|---|---|---|---|---|---|",
+            "| hardware | engine | student width | skin (Å) | replicas × atoms | steps/s "
+            "| atom-steps/s | peak GPU memory |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+        order = ["engine-verlet", "engine-verlet-compiled", "torchsim-nvt", "torchsim-nvt-compiled"]
+        batched_rows.sort(
+            key=lambda hr: (
+                hr[0],
+                hr[1].get("student_width", 0),
+                hr[1]["replicas"],
+                -(hr[1].get("skin") or 0),
+                order.index(hr[1]["engine"]) if hr[1]["engine"] in order else len(order),
+            )
+        )
         for hardware, r in batched_rows:
             memory = f"{r['peak_memory_mib'] / 1024:.1f} GiB" if "peak_memory_mib" in r else ""
+            skin = f"{r['skin']:g}" if r.get("skin") is not None else ""
             lines.append(
-                f"| {hardware} | {r['engine']} | {r['replicas']} × "
-                f"{r['n_atoms_total'] // r['replicas']} | {_rate(r['steps_per_s'])} | "
-                f"{r['atom_steps_per_s'] / 1e6:.3f} M | {memory} |"
+                f"| {hardware} | {r['engine']} | {r.get('student_width', '')} | {skin} | "
+                f"{r['replicas']} × {r['n_atoms_total'] // r['replicas']} | "
+                f"{_rate(r['steps_per_s'])} | {r['atom_steps_per_s'] / 1e6:.3f} M | {memory} |"
             )
     return "\n".join(lines)
 
@@ -466,12 +507,24 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         nargs="+",
-        default=["student-fast", "student-compiled", "student-eager", "sevennet", "chgnet"],
+        default=[
+            "student-fast",
+            "student-compiled",
+            "student-eager",
+            "sevennet",
+            "chgnet",
+            "batch-compiled",
+            "torchsim",
+        ],
+        help="engines of single-system MD; batch-compiled and torchsim add batched rows",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block-seconds", type=float, default=2.0)
     parser.add_argument("--replicas", nargs="*", type=int, default=[1, 8, 64, 512])
     parser.add_argument("--batch-system", default="ala10")
+    parser.add_argument(
+        "--batch-skin", type=float, default=None, help="skin of batched runs (default: auto)"
+    )
     parser.add_argument("--out", type=Path, help="JSON file to write")
     parser.add_argument(
         "--summarize", nargs="+", type=Path, help="print Markdown tables of result files; no run"

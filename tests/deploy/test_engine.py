@@ -130,6 +130,36 @@ def test_functional_predict_equals_predict(names, stress):
         assert stress_tensor is None
 
 
+class _Untraceable(torch.nn.Module):
+    """A student whose forward breaks ``torch.compile(fullgraph=True)`` (a host branch)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.cutoff = model.cutoff
+
+    def forward(self, graph):
+        if float(graph.positions.sum()) > -1e30:  # data-dependent Python control flow
+            return self.model(graph)
+        return -self.model(graph)
+
+
+def test_compiled_cpu_path_falls_back_to_eager_with_a_warning():
+    """If the compiler fails (e.g. an older torch), compile=True warns and runs eagerly."""
+    model = tiny_painn(dtype=torch.float64)
+    frame = [example_structures()["ethanol"]]
+    engine = StudentEngine(_Untraceable(model), "cpu", skin=0.0, compile=True)
+    with pytest.warns(RuntimeWarning, match="running the student eagerly"):
+        out = engine.compute(*_inputs(frame))
+    assert engine.compile is False
+    expected = _reference(model, frame, False)
+    for key in expected:
+        torch.testing.assert_close(out[key], expected[key], **SYMMETRY)
+    # Later calls run eagerly without warning again.
+    out = engine.compute(*_inputs(frame))
+    torch.testing.assert_close(out["forces"], expected["forces"], **SYMMETRY)
+
+
 @pytest.mark.slow
 def test_compiled_cpu_path_follows_a_trajectory_without_recompiling():
     """compile=True on the CPU (functional_predict through inductor) equals eager predict.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -303,7 +304,24 @@ class StudentEngine:
                 functional_predict, dynamic=True, fullgraph=True, options=CPU_COMPILE_OPTIONS
             )
         kind = (stress, graph.n_structures)
-        atomic, forces, stress_tensor = self._functional(self.model, graph, stress)
+        if kind in self._compiled_kinds:
+            atomic, forces, stress_tensor = self._functional(self.model, graph, stress)
+        else:
+            try:
+                atomic, forces, stress_tensor = self._functional(self.model, graph, stress)
+            except Exception as exc:  # any compiler failure: run eagerly
+                # Inductor's CPU path of this function needs torch 2.13 (torch 2.11's dynamo
+                # fails on it); the eager path gives the same results, only slower.
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                warnings.warn(
+                    f"compile=True failed with torch {torch.__version__} "
+                    f"({type(exc).__name__}: {first_line[:200]}); running the student "
+                    "eagerly instead (same results, slower)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.compile = False
+                return predict(self.model, graph, forces=True, stress=stress, check_cells=False)
         if kind not in self._compiled_kinds:
             self._compiled_kinds.add(kind)
             self.captures += 1
