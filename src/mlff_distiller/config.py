@@ -368,7 +368,9 @@ class ValidateMDConfig(_Section):
 
     The defaults fit the quickstart budget: with SevenNet-0 on a CPU (about 0.05 s a step
     for a 10-atom molecule, the student about 0.005 s) the stage takes about 2.5 minutes of
-    one core for 3 small molecules, most of it in the teacher's 1,500 steps. Longer runs
+    one core for 3 small molecules, most of it in the teacher's 1,440 steps. On CPUs the
+    runs go to one single-threaded process per torch thread (``threads``): small molecules
+    gain little from a second thread, much from a second process. Longer runs
     give steadier drift, temperature and distribution figures: raise the step counts where
     the teacher is fast (a GPU).
     """

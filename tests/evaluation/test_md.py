@@ -377,3 +377,38 @@ def test_the_stage_needs_a_trained_student_and_test_systems_by_name(run_copy):
     result = runner.invoke(app, ["validate-md", str(run_copy)])
     assert result.exit_code == 2
     assert "no trained student to validate (run `mlff-distill train` first)" in result.output
+
+
+def _same(a, b, path="md"):
+    """Equal JSON-like values, floats to a relative 1e-6."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            _same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{path}[{k}]")
+    else:
+        assert a == b, path
+
+
+def test_runs_in_two_processes_equal_runs_in_one(run_copy):
+    """With two threads the MD runs go to two worker processes: the same md.json."""
+    from mlff_distiller.evaluation.md import validate_md
+
+    config = load_config(run_copy / "config.yaml").model_copy(update={"run_dir": run_copy})
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = validate_md(config, run_copy, Console(quiet=True))
+        torch.set_num_threads(2)
+        parallel = validate_md(config, run_copy, Console(quiet=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert serial["environment"]["processes"] == 1
+    assert parallel["environment"]["processes"] == 2
+    _same(serial["systems"], parallel["systems"])
+    _same(serial["summary"], parallel["summary"])

@@ -663,6 +663,98 @@ class SystemRuns:
     student_whole_distributions: Distributions | None = None
 
 
+@dataclass(frozen=True)
+class MDJob:
+    """One MD run of :func:`validate_system`: which potential, from where, for how long.
+
+    Attributes
+    ----------
+    start
+        Starting structure.
+    potential
+        ``"student"`` or ``"teacher"``.
+    momenta
+        (N, 3) starting momenta (:func:`starting_momenta`).
+    steps
+        Steps to run.
+    temperature_K
+        Temperature of the momenta and, for NVT, of the thermostat, K.
+    thermostat
+        NVT (Langevin) rather than NVE.
+    seed
+        Seed of the Langevin noise.
+    """
+
+    start: ase.Atoms
+    potential: str
+    momenta: np.ndarray
+    steps: int
+    temperature_K: float
+    thermostat: bool
+    seed: Any
+
+
+def md_jobs(start: ase.Atoms, settings: ValidateMDConfig, seed: Any = 0) -> list[MDJob]:
+    """The runs of one system, in the order :func:`validate_system` reads them.
+
+    NVE student and teacher, then per temperature NVT student and teacher, each pair from
+    the same seeded momenta (and the same Langevin noise). The runs are independent, so they
+    can go to several processes (:func:`validate_md`).
+    """
+    seed = list(np.atleast_1d(seed))
+    nve_momenta = starting_momenta(start, settings.nve_temperature_K, [*seed, 0])
+    jobs = [
+        MDJob(
+            start,
+            "student",
+            nve_momenta,
+            settings.nve_student_steps,
+            settings.nve_temperature_K,
+            False,
+            0,
+        ),
+        MDJob(
+            start,
+            "teacher",
+            nve_momenta,
+            settings.nve_teacher_steps,
+            settings.nve_temperature_K,
+            False,
+            0,
+        ),
+    ]
+    for t, temperature in enumerate(settings.temperatures_K):
+        momenta = starting_momenta(start, temperature, [*seed, 1 + t, 0])
+        noise = [*seed, 1 + t, 1]
+        jobs.append(
+            MDJob(start, "student", momenta, settings.nvt_student_steps, temperature, True, noise)
+        )
+        jobs.append(
+            MDJob(start, "teacher", momenta, settings.nvt_teacher_steps, temperature, True, noise)
+        )
+    return jobs
+
+
+def run_job(
+    job: MDJob,
+    calculator: Calculator,
+    settings: ValidateMDConfig,
+    on_steps: StepCallback | None = None,
+) -> Trajectory:
+    """:func:`run_md` of one :class:`MDJob` with the calculator of its potential."""
+    return run_md(
+        job.start,
+        calculator,
+        job.momenta,
+        job.steps,
+        settings,
+        job.temperature_K,
+        job.thermostat,
+        job.seed,
+        on_steps,
+    )
+
+
 def validate_system(
     start: ase.Atoms,
     student: Calculator,
@@ -671,6 +763,7 @@ def validate_system(
     system: str | None = None,
     seed: Any = 0,
     on_steps: StepCallback | None = None,
+    trajectories: Sequence[Trajectory] | None = None,
 ) -> tuple[dict[str, Any], SystemRuns]:
     """NVE, NVT, structure and on-policy errors of one system, judged by ``settings``.
 
@@ -689,44 +782,27 @@ def validate_system(
         ``numpy.random.default_rng`` seed, e.g. ``[settings.seed, k]``).
     on_steps
         Progress callback (:func:`run_md`).
+    trajectories
+        The runs of :func:`md_jobs` (same ``start``, ``settings`` and ``seed``), in its order,
+        when they were run elsewhere (other processes); None: run them here, one by one.
 
     Returns
     -------
     entry, runs
         The system's entry of ``md.json`` (without ``plots``), and the trajectories.
     """
-    seed = list(np.atleast_1d(seed))
-    momenta = starting_momenta(start, settings.nve_temperature_K, [*seed, 0])
-    nve = [
-        run_md(
-            start, calc, momenta, steps, settings, settings.nve_temperature_K, False, 0, on_steps
-        )
-        for calc, steps in (
-            (student, settings.nve_student_steps),
-            (teacher, settings.nve_teacher_steps),
-        )
-    ]
-    runs = SystemRuns(*nve)
+    jobs = md_jobs(start, settings, seed)
+    if trajectories is None:
+        calculators = {"student": student, "teacher": teacher}
+        trajectories = [
+            run_job(job, calculators[job.potential], settings, on_steps) for job in jobs
+        ]
+    if len(trajectories) != len(jobs):
+        raise ValueError(f"{len(jobs)} trajectories expected, got {len(trajectories)}")
+    runs = SystemRuns(trajectories[0], trajectories[1])
     nvt_entries = []
     for t, temperature in enumerate(settings.temperatures_K):
-        momenta = starting_momenta(start, temperature, [*seed, 1 + t, 0])
-        pair = [
-            run_md(
-                start,
-                calc,
-                momenta,
-                steps,
-                settings,
-                temperature,
-                True,
-                [*seed, 1 + t, 1],
-                on_steps,
-            )
-            for calc, steps in (
-                (student, settings.nvt_student_steps),
-                (teacher, settings.nvt_teacher_steps),
-            )
-        ]
+        pair = trajectories[2 + 2 * t : 4 + 2 * t]
         runs.nvt_student.append(pair[0])
         runs.nvt_teacher.append(pair[1])
         nvt_entries.append(
@@ -993,6 +1069,75 @@ def thresholds(settings: ValidateMDConfig) -> dict[str, Any]:
     }
 
 
+def md_workers(devices: Sequence[str], n_jobs: int) -> int:
+    """Processes that run the MD of ``validate-md``: one per torch thread on CPUs, else one.
+
+    The molecules of a test set are small: a second thread barely speeds a step up, while
+    a second process of one thread runs a second trajectory at full speed. On a GPU one
+    process keeps the device to itself.
+    """
+    if any(torch.device(d).type != "cpu" for d in devices):
+        return 1
+    return max(1, min(torch.get_num_threads(), n_jobs))
+
+
+_WORKER: dict[str, Any] = {}
+"""The student, the teacher and the settings of a worker process (:func:`_start_worker`)."""
+
+
+def _start_worker(
+    run_dir: str, device: str, teacher: str, teacher_device: str, settings: dict[str, Any]
+) -> None:
+    """Load the potentials once per worker process, which runs on one thread."""
+    from mlff_distiller.deploy.calculator import load_calculator
+    from mlff_distiller.teachers import get_teacher
+
+    torch.set_num_threads(1)
+    _WORKER["student"] = load_calculator(run_dir, device=device)
+    _WORKER["teacher"] = get_teacher(teacher, teacher_device).calculator()
+    _WORKER["settings"] = ValidateMDConfig(**settings)
+
+
+def _run_in_worker(job: MDJob) -> Trajectory:
+    return run_job(job, _WORKER[job.potential], _WORKER["settings"])
+
+
+def _run_in_processes(
+    jobs: list[list[MDJob]],
+    workers: int,
+    run_dir: Path,
+    device: str,
+    config: Config,
+    on_steps: StepCallback,
+) -> list[list[Trajectory]]:
+    """The trajectories of every system's jobs, run by ``workers`` processes.
+
+    The teacher's runs (the slow ones) go first, so that the processes finish together.
+    Results do not depend on the number of processes: every run has its own seeds.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    out: list[list[Any]] = [[None] * len(system_jobs) for system_jobs in jobs]
+    order = sorted(
+        ((k, i) for k, system_jobs in enumerate(jobs) for i in range(len(system_jobs))),
+        key=lambda ki: jobs[ki[0]][ki[1]].potential != "teacher",
+    )
+    settings = config.validate_md.model_dump(mode="json")
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(str(run_dir), device, config.teacher.name, config.teacher.device, settings),
+    ) as pool:
+        futures = {pool.submit(_run_in_worker, jobs[k][i]): (k, i) for k, i in order}
+        for future in as_completed(futures):
+            k, i = futures[future]
+            out[k][i] = future.result()
+            on_steps(jobs[k][i].steps)
+    return out
+
+
 def validate_md(config: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     """The ``validate-md`` stage: MD of student and teacher on test systems, ``md.json``.
 
@@ -1017,9 +1162,9 @@ def validate_md(config: Config, run_dir: Path, console: Console | None = None) -
     test = dataset.subset("test")
     systems = choose_systems(test, settings)
     device = settings.device or config.training.device
-    student = load_calculator(run_dir, device=device)
-    teacher = get_teacher(config.teacher.name, config.teacher.device)
-    teacher_calc = teacher.calculator()
+    starts = [starting_structure(test, system) for system in systems]
+    jobs = [md_jobs(start, settings, [settings.seed, k]) for k, start in enumerate(starts)]
+    workers = md_workers([str(device), config.teacher.device], sum(len(j) for j in jobs))
     heldout = _heldout(run_dir)
     report = run_dir / "report"
     entries = []
@@ -1027,8 +1172,14 @@ def validate_md(config: Config, run_dir: Path, console: Console | None = None) -
         task = progress.add_task(
             "MD: student beside teacher", total=len(systems) * steps_per_system(settings)
         )
-        for k, system in enumerate(systems):
-            start = starting_structure(test, system)
+        trajectories: list[list[Trajectory]] | None = None
+        if workers > 1:
+            trajectories = _run_in_processes(
+                jobs, workers, run_dir, str(device), config, lambda n: progress.advance(task, n)
+            )
+        student = load_calculator(run_dir, device=device)
+        teacher_calc = get_teacher(config.teacher.name, config.teacher.device).calculator()
+        for k, (system, start) in enumerate(zip(systems, starts, strict=True)):
             entry, runs = validate_system(
                 start,
                 student,
@@ -1037,6 +1188,7 @@ def validate_md(config: Config, run_dir: Path, console: Console | None = None) -
                 system=system,
                 seed=[settings.seed, k],
                 on_steps=lambda n: progress.advance(task, n),
+                trajectories=None if trajectories is None else trajectories[k],
             )
             if heldout is not None and system in heldout["per_system"]:
                 entry["on_policy"]["heldout_force_rmse_ev_per_a"] = heldout["per_system"][
@@ -1086,6 +1238,7 @@ def validate_md(config: Config, run_dir: Path, console: Console | None = None) -
             "device": str(device),
             "teacher_device": config.teacher.device,
             "threads": torch.get_num_threads(),
+            "processes": workers,
         },
         "seconds": time.perf_counter() - began,
     }
