@@ -235,3 +235,64 @@ def test_a_stored_config_without_newer_keys_is_the_same_config(tmp_path):
     changed = load_config(None, [f"run_dir={tmp_path / 'run'}", "validate_md.seed=1"])
     with pytest.raises(ConfigError, match=r"other settings \(validate_md\.seed\)"):
         prepare_run_dir(changed)
+
+
+def test_generate_with_every_sampler_on(tmp_path):
+    """Strain, rattle-relax chains, normal modes and an MD ladder, all on EMT, to labels."""
+    import warnings
+    from collections import Counter
+
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        # Not CH4: EMT's tetrahedral methane is a saddle (5 imaginary modes, a warning).
+        "structures.ase_molecules=[H2O, NH3]",
+        "structures.crystals=[{name: Cu, cubic: true}, {name: Al, cubic: true}]",
+        "structures.rattle.frames=1",
+        "structures.strain.frames=2",
+        "structures.md.frames=1",
+        "structures.md.interval=2",
+        "structures.md.temperatures_K=[300, 600]",
+        "structures.md.ladder=true",
+        "structures.rattle_relax.chains=1",
+        "structures.rattle_relax.length=2",
+        "structures.rattle_relax.steps=3",
+        "structures.normal_modes.frames=2",
+        "structures.normal_modes.temperature_K=100",
+        "teacher.name=emt",
+        "data.val_fraction=0.25",
+        "data.test_fraction=0.25",
+    ]
+    config = load_config(None, overrides)
+    prepare_run_dir(config)
+    console = Console(quiet=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no imaginary modes: every structure is a minimum
+        generate(config, console)
+    frames = read_structures(config)
+    by_system = {
+        system: Counter(a.info[keys.SAMPLER] for a in frames if a.info[keys.SYSTEM_ID] == system)
+        for system in ("H2O", "Cu-ase-cubic")
+    }
+    molecule_samplers = {
+        "initial": 1,
+        "rattle-0.05": 1,
+        "md-300K": 1,
+        "md-600K": 1,
+        "rattle-relax-0.1": 2,
+        "normal-modes-100K": 2,
+    }
+    assert by_system["H2O"] == molecule_samplers  # molecules are not strained
+    assert by_system["Cu-ase-cubic"] == {**molecule_samplers, "strain-0.02": 2}
+
+    # The same config generates the same frames (seeds per system, conformer and sampler).
+    again = load_config(None, [*overrides, f"run_dir={tmp_path / 'again'}"])
+    prepare_run_dir(again)
+    generate(again, console)
+    for a, b in zip(frames, read_structures(again), strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.cell.array, b.cell.array)
+
+    label(config, console)
+    dataset = load_dataset(tmp_path / "run" / "data" / "dataset.h5")
+    assert len(dataset) == len(frames)
+    assert "normal-modes-100K" in set(dataset.arrays[keys.SAMPLER].tolist())

@@ -10,6 +10,10 @@ directory, a full disk) prints one message naming the culprit and the fix, with 
 Anything else is a bug: a short message says where the full traceback was written
 (``RUN/logs/error.log``) and the exit code is 1. Ctrl-C exits with 130; work finished so far
 is kept in every case.
+
+``run``, ``generate``, ``label`` and ``train`` take ``--workers N``: the same command in N
+processes of this machine (:func:`mlff_distiller.training.distributed.launch`); under
+``torchrun`` every process prefixes its errors with its rank.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from rich.console import Console
 
 from mlff_distiller import __version__, pipeline
 from mlff_distiller.atomic import WriteError, write_text
-from mlff_distiller.config import Config, load_config
+from mlff_distiller.config import Config, ConfigError, load_config
 from mlff_distiller.structures.samplers import MDInstabilityError
 from mlff_distiller.teachers.base import LabellingError
 
@@ -54,6 +58,15 @@ AcceptChanges = Annotated[
     typer.Option(
         "--accept-changes",
         help="Continue a run directory whose stored config differs from this one.",
+    ),
+]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Processes to start on this machine (torch.distributed: gloo on CPUs, NCCL and "
+        "a GPU each on GPUs): generate and label share their work out, train is data-parallel.",
     ),
 ]
 
@@ -84,25 +97,31 @@ class _ErrorLog:
 @contextmanager
 def _one_error_path(run_dir: Path | None = None) -> Iterator[_ErrorLog]:
     """Turn every failure into one message and an exit code (module docstring)."""
+    from mlff_distiller.training.distributed import Distributed
+
     log = _ErrorLog(run_dir)
+    # Under torchrun each process says which one it is; only process 0 says it stopped.
+    dist = Distributed.from_env()
+    rank = f"rank {dist.rank}: " if dist.world_size > 1 else ""
     try:
         yield log
     except KeyboardInterrupt:
-        err_console.print(
-            "[yellow]stopped[/]: everything finished so far is saved; run the same command "
-            "again to continue"
-        )
+        if dist.is_main:
+            err_console.print(
+                f"{rank}[yellow]stopped[/]: everything finished so far is saved; run the same "
+                "command again to continue"
+            )
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
     except USER_ERRORS as exc:
-        err_console.print(f"[red]error[/]: {_escape(_user_message(exc))}", highlight=False)
+        err_console.print(f"{rank}[red]error[/]: {_escape(_user_message(exc))}", highlight=False)
         raise typer.Exit(2) from None
     except Exception as exc:
         path = _write_traceback(exc, log.run_dir)
         where = f"the full traceback is in {path}" if path else "no log could be written"
         err_console.print(
-            f"[red]unexpected error[/] {type(exc).__name__}: {_shorten(str(exc))}\n"
+            f"{rank}[red]unexpected error[/] {type(exc).__name__}: {_shorten(str(exc))}\n"
             f"This is a bug in mlff-distiller, not in your input; {where}. Work finished "
             "so far is saved: after a fix, the same command continues.",
             highlight=False,
@@ -153,17 +172,60 @@ def _write_traceback(exc: BaseException, run_dir: Path | None) -> Path | None:
 
 
 def _run_stages(
-    path: Path, overrides: list[str] | None, stages: tuple[str, ...], accept: bool
+    path: Path,
+    overrides: list[str] | None,
+    stages: tuple[str, ...],
+    accept: bool,
+    workers: int = 1,
 ) -> None:
+    from mlff_distiller.training.distributed import Distributed, exit_with_launcher
+
     with _one_error_path() as log:
+        exit_with_launcher()
         config = _config(path, overrides)
         log.run_dir = Path(config.run_dir)
-        pipeline.prepare_run_dir(config, accept_changes=accept)
+        dist = Distributed.from_env()
+        if dist.is_main:  # the others wait for it (pipeline.run)
+            pipeline.prepare_run_dir(config, accept_changes=accept)
+        if workers > 1:
+            if dist.world_size > 1:
+                raise ConfigError("--workers starts its own processes: leave it out under torchrun")
+            _launch(workers, config, [str(path), *(overrides or [])], stages, accept)
+            return
         if config.threads is not None:
             import torch
 
             torch.set_num_threads(config.threads)
         pipeline.run(config, console, stages)
+
+
+def _launch(
+    workers: int, config: Config, arguments: list[str], stages: tuple[str, ...], accept: bool
+) -> None:
+    """Run the command (``CONFIG [overrides]`` = ``arguments``) in ``workers`` processes."""
+    import torch
+
+    from mlff_distiller.training.distributed import WorkerError, launch
+
+    devices = set()
+    if {"generate", "label"} & set(stages):
+        devices.add(config.teacher.device)
+    if "train" in stages:
+        devices.add(config.training.device)
+    gpus = torch.cuda.device_count()
+    if "cuda" in devices and workers > gpus:
+        raise ConfigError(
+            f"--workers {workers} gives each process a GPU of its own (device cuda), but this "
+            f"machine has {gpus}: use --workers {gpus} or fewer, or the CPU (device cpu)"
+        )
+    verb = "run" if stages == pipeline.STAGES else stages[0]
+    try:
+        launch(workers, [verb, *arguments, *(["--accept-changes"] if accept else [])])
+    except WorkerError as exc:
+        err_console.print(f"[red]error[/]: {_escape(str(exc))}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None  # process 0 said that it stopped
 
 
 def _print_version(value: bool) -> None:
@@ -185,21 +247,36 @@ def main(
 
 
 @app.command()
-def run(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+def run(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    accept_changes: AcceptChanges = False,
+    workers: Workers = 1,
+):
     """Run every stage that is not done yet, from generate to report."""
-    _run_stages(config, overrides, pipeline.STAGES, accept_changes)
+    _run_stages(config, overrides, pipeline.STAGES, accept_changes, workers)
 
 
 @app.command()
-def generate(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+def generate(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    accept_changes: AcceptChanges = False,
+    workers: Workers = 1,
+):
     """Build the structures: molecules and crystals, rattled and teacher-MD frames."""
-    _run_stages(config, overrides, ("generate",), accept_changes)
+    _run_stages(config, overrides, ("generate",), accept_changes, workers)
 
 
 @app.command()
-def label(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+def label(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    accept_changes: AcceptChanges = False,
+    workers: Workers = 1,
+):
     """Label the structures with the teacher (resumable shards) and pack the dataset."""
-    _run_stages(config, overrides, ("label",), accept_changes)
+    _run_stages(config, overrides, ("label",), accept_changes, workers)
 
 
 @app.command("data-report")
@@ -240,9 +317,14 @@ def export_data(
 
 
 @app.command()
-def train(config: ConfigArg, overrides: Overrides = None, accept_changes: AcceptChanges = False):
+def train(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    accept_changes: AcceptChanges = False,
+    workers: Workers = 1,
+):
     """Train the student on the teacher's labels (resumes from the last checkpoint)."""
-    _run_stages(config, overrides, ("train",), accept_changes)
+    _run_stages(config, overrides, ("train",), accept_changes, workers)
 
 
 @app.command()

@@ -55,6 +55,63 @@ class MDConfig(_Section):
     """Integration time step, fs."""
     friction_per_fs: float = Field(0.01, gt=0)
     """Langevin friction coefficient, 1/fs."""
+    ladder: bool = False
+    """Run the temperatures as a ladder, in the order listed: each trajectory starts from
+    the last frame of the previous temperature's (velocities drawn afresh) instead of from
+    the starting structure."""
+
+
+class StrainConfig(_Section):
+    """Random symmetric strains of crystals, the atoms moving with the cell.
+
+    Only fully periodic systems are strained; molecules get no strained frames.
+    """
+
+    frames: int = Field(0, ge=0)
+    """Strained frames per crystal (0 disables the sampler)."""
+    max_strain: float = Field(0.02, gt=0, lt=0.5)
+    """Largest absolute value of each strain component, drawn uniformly (0.02: 2 %)."""
+
+
+class RattleRelaxConfig(_Section):
+    """Rattle-relax chains in the style of augment-atoms (Gardner et al. 2025).
+
+    Each link rattles, runs a few teacher-driven FIRE steps, keeps the frame and hands it
+    to the next link.
+    """
+
+    chains: int = Field(0, ge=0)
+    """Chains per starting structure (0 disables the sampler)."""
+    length: int = Field(4, ge=1)
+    """Links per chain: each link rattles the previous frame, relaxes it and keeps it."""
+    stdev: float = Field(0.1, gt=0)
+    """Standard deviation of each Cartesian displacement of a rattle, Å."""
+    steps: int = Field(5, ge=1)
+    """Most FIRE steps on the teacher after each rattle."""
+    fmax: float = Field(0.05, gt=0)
+    """A relaxation stops early once every force is below this, eV/Å."""
+
+
+class NormalModesConfig(_Section):
+    """Normal-mode sampling (as ANI-1's, with classical Boltzmann amplitudes).
+
+    The modes are those of the teacher's finite-difference Hessian at the structure
+    relaxed on the teacher.
+    """
+
+    frames: int = Field(0, ge=0)
+    """Frames per starting structure (0 disables the sampler). The Hessian costs 6 N
+    teacher evaluations of an N-atom structure."""
+    temperature_K: float = Field(300.0, gt=0)
+    """Temperature of the Boltzmann distribution of the mode amplitudes, K."""
+    delta: float = Field(0.01, gt=0)
+    """Finite-difference displacement of the Hessian, Å."""
+    relax_steps: int = Field(200, ge=0)
+    """Most BFGS steps relaxing the structure on the teacher before the Hessian (0: use it
+    as it is). Modes of a structure that is not a minimum include imaginary ones, which are
+    skipped with a warning."""
+    relax_fmax: float = Field(0.005, gt=0)
+    """The relaxation stops once every force is below this, eV/Å."""
 
 
 class SmilesFileConfig(_Section):
@@ -171,6 +228,12 @@ class StructuresConfig(_Section):
     """Rattling sampler."""
     md: MDConfig = Field(default_factory=MDConfig)
     """Teacher-driven MD sampler."""
+    strain: StrainConfig = Field(default_factory=StrainConfig)
+    """Cell-strain sampler (crystals only; off by default)."""
+    rattle_relax: RattleRelaxConfig = Field(default_factory=RattleRelaxConfig)
+    """Rattle-relax sampler (off by default)."""
+    normal_modes: NormalModesConfig = Field(default_factory=NormalModesConfig)
+    """Normal-mode sampler (off by default)."""
     min_distance: float = Field(0.6, gt=0)
     """Frames with two atoms closer than this (Å) are dropped before labelling."""
 
@@ -181,7 +244,8 @@ class TeacherConfig(_Section):
     name: str = "7net-0"
     """Registry name of the teacher: ``7net-0`` (SevenNet-0), ``chgnet`` or ``emt`` (toy)."""
     device: str = "cpu"
-    """Torch device the teacher runs on."""
+    """Torch device the teacher runs on (with ``torchrun`` or ``--workers``, ``cuda`` means
+    each process's own GPU)."""
     shard_size: int = Field(64, ge=1)
     """Structures per labelled shard; a stopped run loses at most one shard of work."""
     batch_atoms: int | None = Field(2048, ge=1)
@@ -463,7 +527,8 @@ class Config(_Section):
     run_dir: Path = Path("runs/default")
     """Directory that holds everything the run produces (relative to the working directory)."""
     threads: int | None = Field(None, ge=1)
-    """CPU threads for torch (None: torch's default)."""
+    """CPU threads for torch, in each process (None: torch's default; with several processes,
+    ``torchrun`` or ``--workers``, the cores of a machine shared out among its processes)."""
     structures: StructuresConfig = Field(default_factory=StructuresConfig)
     """Structure generation."""
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

@@ -10,9 +10,10 @@ again.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ase
 import ase.io
@@ -37,6 +38,9 @@ from mlff_distiller.structures.validate import (
     read_frames,
 )
 from mlff_distiller.teachers.base import Teacher
+
+if TYPE_CHECKING:
+    from mlff_distiller.training.distributed import Distributed
 
 STAGES = ("generate", "label", "data-report", "train", "evaluate", "validate-md", "report")
 
@@ -223,16 +227,59 @@ def check_inputs(config: Config, systems: Sequence[SystemSource], teacher: Teach
     )
 
 
-def generate(config: Config, console: Console) -> None:
+def _load_teacher(config: Config, dist: Distributed) -> Teacher:
+    """The teacher of ``config``; with several processes, ``cuda`` is this process's GPU."""
+    from mlff_distiller.teachers import get_teacher
+
+    cfg = config.teacher
+    return get_teacher(cfg.name, str(dist.device(cfg.device)), cfg.batch_atoms)
+
+
+_Item = TypeVar("_Item")
+
+
+def _share(
+    items: list[_Item], dist: Distributed, console: Console, stage: str, what: str
+) -> list[_Item]:
+    """The share of the work ``items`` of this process: every ``world_size``-th from its rank.
+
+    Every process listed the work still to do before any one of them starts on it (a
+    barrier), so all of them share out the same list.
+    """
+    if dist.world_size == 1:
+        return items
+    dist.barrier()
+    what = what if len(items) != 1 else what.removesuffix("s")
+    console.print(
+        f"{stage}: {len(items)} {what} shared out over {dist.world_size} processes "
+        "(progress shown for process 0)"
+    )
+    return items[dist.rank :: dist.world_size]
+
+
+def _throughput(n: int, what: str, seconds: float, dist: Distributed) -> str:
+    """``"N what in S s (R what/s, P processes)"``: the shared work of a stage.
+
+    Timed by its slowest process, the teacher's loading included, the process start and the
+    imports not.
+    """
+    by = f", {dist.world_size} processes" if dist.world_size > 1 else ""
+    return f"{n} {what} in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} {what}/s{by})"
+
+
+def generate(config: Config, console: Console, dist: Distributed | None = None) -> None:
     """Build every system and its perturbed frames; one file per system, written atomically.
 
     Every source is checked first (:func:`collect_config_systems`, :func:`check_inputs`), so
     a bad input stops the run before the first system is generated. Each starting structure
     (a molecule's conformers) is sampled; a labelled system's frames are written as they are.
+    With several processes (``dist``, all of them calling this), each generates its share of
+    the systems to do; a system's frames depend on its index alone, never on the process.
     """
     from mlff_distiller.structures.filters import min_distance_filter
-    from mlff_distiller.teachers import get_teacher
+    from mlff_distiller.training.distributed import Distributed
 
+    dist = dist or Distributed()
     cfg = config.structures
     systems, dropped = _config_systems(config)
     paths = [_system_file(config, k) for k in range(len(systems))]
@@ -248,11 +295,11 @@ def generate(config: Config, console: Console) -> None:
     sampled = [k for k in todo if not systems[k].labelled]
     teacher = None
     if sampled:
-        teacher = get_teacher(
-            config.teacher.name, config.teacher.device, config.teacher.batch_atoms
-        )
+        teacher = _load_teacher(config, dist)
     check_inputs(config, systems, teacher)
     budget = _md_group_atoms(config, teacher)
+    began, n_todo = time.perf_counter(), len(todo)
+    todo = _share(todo, dist, console, "generate", "systems")
     with Progress(console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("generating structures", total=len(todo))
         n_done = 0
@@ -269,7 +316,8 @@ def generate(config: Config, console: Console) -> None:
                     if system.labelled:
                         frames = [initial]
                     else:
-                        frames = _sampled_frames(config, initial, md_frames.get((j, c), []), j, c)
+                        md = md_frames.get((j, c), [])
+                        frames = _sampled_frames(config, initial, md, j, c, teacher)
                     ok, bad = min_distance_filter(frames, cfg.min_distance)
                     kept += ok
                     rejected += bad
@@ -305,6 +353,8 @@ def generate(config: Config, console: Console) -> None:
             group_atoms += md_atoms
         if group:
             finish(group)
+    seconds = dist.slowest(time.perf_counter() - began)  # every system file is written
+    console.print(f"generate: {_throughput(n_todo, 'systems', seconds, dist)}")
     console.print(f"generate: done ({len(paths)} systems)")
 
 
@@ -360,21 +410,76 @@ def _md_frames(
         interval=cfg.interval,
         timestep_fs=cfg.timestep_fs,
         friction=cfg.friction_per_fs,
+        ladder=cfg.ladder,
     )
     return dict(zip(jobs, frames, strict=True))
 
 
 def _sampled_frames(
-    config: Config, initial: ase.Atoms, md_frames: list[ase.Atoms], k: int, conformer: int
+    config: Config,
+    initial: ase.Atoms,
+    md_frames: list[ase.Atoms],
+    k: int,
+    conformer: int,
+    teacher: Teacher | None,
 ) -> list[ase.Atoms]:
-    """The starting structure (if kept), its rattled frames and its teacher-MD ``md_frames``."""
-    from mlff_distiller.structures.samplers import rattle
+    """The starting structure (if kept) and its frames from every sampler that is on.
+
+    Rattled and strained frames, the teacher-MD ``md_frames``, then rattle-relax and
+    normal-mode frames (these two run on ``teacher``).
+    """
+    from ase.optimize import BFGS
+
+    from mlff_distiller.structures import samplers
+
+    # Tags of the samplers added after rattle and MD, far from MD's temperature indices
+    # (``_seed`` of a later conformer draws from (k, conformer, tag)).
+    strain_tag, chains_tag, modes_tag = 1_000_001, 1_000_002, 1_000_003
+
+    def seed(tag: int) -> int:
+        """The seed of one sampler of system ``k`` and this conformer."""
+        base = int(np.random.SeedSequence((k, tag)).generate_state(1)[0])
+        return _seed(k, conformer, base, tag)
 
     cfg = config.structures
     frames = [initial] if cfg.include_initial else []
     if cfg.rattle.frames > 0:
-        frames += rattle(initial, cfg.rattle.frames, cfg.rattle.stdev, seed=_seed(k, conformer, k))
-    return frames + md_frames
+        frames += samplers.rattle(
+            initial, cfg.rattle.frames, cfg.rattle.stdev, seed=_seed(k, conformer, k)
+        )
+    if cfg.strain.frames > 0:
+        strain = cfg.strain
+        frames += samplers.strain(initial, strain.frames, strain.max_strain, seed(strain_tag))
+    frames += md_frames
+    chains, modes = cfg.rattle_relax, cfg.normal_modes
+    if chains.chains == 0 and modes.frames == 0:
+        return frames
+    assert teacher is not None, "rattle-relax and normal modes run on the teacher"
+    if chains.chains > 0:
+        frames += samplers.rattle_relax(
+            initial,
+            teacher.calculator(),
+            chains.chains,
+            chains.length,
+            chains.stdev,
+            fmax=chains.fmax,
+            steps=chains.steps,
+            seed=seed(chains_tag),
+        )
+    if modes.frames > 0:
+        minimum = initial
+        if modes.relax_steps > 0:
+            calculator = teacher.calculator()
+            minimum = samplers.relax(initial, calculator, modes.relax_fmax, modes.relax_steps, BFGS)
+        frames += samplers.normal_modes(
+            minimum,
+            teacher,
+            modes.temperature_K,
+            modes.frames,
+            seed=seed(modes_tag),
+            delta=modes.delta,
+        )
+    return frames
 
 
 def read_structures(config: Config) -> list[ase.Atoms]:
@@ -399,15 +504,19 @@ def _chunks(items: Sequence[int], size: int) -> list[list[int]]:
 IMPORTED_VERSION = "imported labels"
 
 
-def label(config: Config, console: Console) -> None:
+def label(config: Config, console: Console, dist: Distributed | None = None) -> None:
     """Label every generated frame with the teacher (shards), then pack the dataset.
 
     Near-duplicate frames are dropped before labelling, frames beyond ``data.max_force``
     after it; ``data/filters.json`` counts what every filter dropped and why. Imported
-    frames keep their labels.
+    frames keep their labels. With several processes (``dist``, all of them calling this),
+    each labels its share of the shards to write; process 0 alone packs the dataset, and
+    every process returns once it is packed.
     """
     from mlff_distiller.structures.filters import near_duplicates
+    from mlff_distiller.training.distributed import Distributed
 
+    dist = dist or Distributed()
     run_dir = Path(config.run_dir)
     dataset_path = run_dir / "data" / "dataset.h5"
     structures = read_structures(config)
@@ -430,46 +539,60 @@ def label(config: Config, console: Console) -> None:
         ):
             console.print(f"label: done ({len(packed)} structures)")
             return
+    # Shards are cut from the whole list, so they do not depend on the number of processes.
+    began = time.perf_counter()
+    shards = _share(_chunks(todo, config.teacher.shard_size), dist, console, "label", "shards")
+    if shards:
+        from mlff_distiller.structures.imported import imported_labels
+
+        # Every process names the teacher in its shards when one frame to do needs it.
+        needs_teacher = any(imported_labels(structures[k]) is None for k in todo)
+        n_done = len(candidates) - len(todo) if dist.world_size == 1 else 0
+        _label_frames(config, console, structures, shards, n_done, store, dist, needs_teacher)
+    seconds = dist.slowest(time.perf_counter() - began)  # every shard is written
     if todo:
-        _label_frames(config, console, structures, todo, len(candidates) - len(todo), store)
-    dataset, filters = _pack_filtered(config, store, structures, duplicates)
-    counts = {s: len(dataset.subset(s).systems()) for s in ("train", "val", "test")}
-    console.print(f"filters: {_filters_line(filters)} (data/filters.json)")
-    console.print(
-        f"label: done ({len(dataset)} structures; systems train {counts['train']}, "
-        f"val {counts['val']}, test {counts['test']})"
-    )
+        console.print(f"label: {_throughput(len(todo), 'frames', seconds, dist)}")
+    if dist.is_main:
+        dataset, filters = _pack_filtered(config, store, structures, duplicates)
+        counts = {s: len(dataset.subset(s).systems()) for s in ("train", "val", "test")}
+        console.print(f"filters: {_filters_line(filters)} (data/filters.json)")
+        console.print(
+            f"label: done ({len(dataset)} structures; systems train {counts['train']}, "
+            f"val {counts['val']}, test {counts['test']})"
+        )
+    dist.barrier()  # the dataset is packed (the other processes may train on it next)
 
 
 def _label_frames(
     config: Config,
     console: Console,
     structures: Sequence[ase.Atoms],
-    todo: Sequence[int],
+    shards: Sequence[Sequence[int]],
     n_done: int,
     store: LabelStore,
+    dist: Distributed,
+    needs_teacher: bool,
 ) -> None:
-    """Label the frames ``todo`` in shards.
+    """Label the frames of ``shards`` (indices into ``structures``), one shard file each.
 
-    Imported frames keep their labels; the teacher (loaded only if needed) labels the others.
+    Imported frames keep their labels; the teacher (loaded if ``needs_teacher``) labels the
+    others.
     """
     from mlff_distiller.structures.imported import imported_labels
-    from mlff_distiller.teachers import get_teacher
     from mlff_distiller.teachers.base import check_elements
 
+    todo = [k for chunk in shards for k in chunk]
     imported = {k: imported_labels(structures[k]) for k in todo}
     teacher = None
-    if any(labels is None for labels in imported.values()):
-        teacher = get_teacher(
-            config.teacher.name, config.teacher.device, config.teacher.batch_atoms
-        )
+    if needs_teacher:
+        teacher = _load_teacher(config, dist)
         check_elements(teacher, [structures[k] for k in todo if imported[k] is None])
     name = config.teacher.name if teacher is None else teacher.name
     version = IMPORTED_VERSION if teacher is None else teacher.version
     with Progress(console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(f"labelling with {name}", total=n_done + len(todo))
         progress.update(task, completed=n_done)
-        for chunk in _chunks(todo, config.teacher.shard_size):
+        for chunk in shards:
             frames = [structures[k] for k in chunk]
             labels = [imported[k] for k in chunk]
             unlabelled = [i for i, found in enumerate(labels) if found is None]
@@ -821,24 +944,48 @@ STAGE_FUNCTIONS: dict[str, Callable[[Config, Console], Any]] = {
 def run(config: Config, console: Console, stages: Sequence[str] = STAGES) -> None:
     """Run ``stages`` in order over the run directory of ``config``, skipping what is done.
 
-    Under ``torchrun`` (several processes) only ``train`` runs, and only rank 0 prints.
-
-    Raises
-    ------
-    ConfigError
-        If several processes are asked to run another stage than ``train``.
+    Under ``torchrun`` (several processes, :mod:`..training.distributed`; every process
+    calls this) ``generate`` and ``label`` share their work out, ``train`` is data-parallel
+    over all processes, and the other stages run in process 0 alone; only process 0 prints.
+    Process 0 has prepared the run directory (:func:`prepare_run_dir`) before the others go
+    on. Without ``threads`` in the config, the processes of a machine share its cores.
     """
+    import torch
+
     from mlff_distiller.training.distributed import Distributed
 
-    if Distributed.from_env().world_size > 1:
-        others = [stage for stage in stages if stage != "train"]
-        if others:
-            raise ConfigError(
-                f"several processes (torchrun) run only the train stage, not {', '.join(others)}"
-                ": run `mlff-distill label` before and `mlff-distill evaluate` after in one "
-                "process, and `torchrun ... -m mlff_distiller train RUN` between them"
-            )
-        if not Distributed.from_env().is_main:
-            console = Console(quiet=True)
-    for stage in stages:
-        STAGE_FUNCTIONS[stage](config, console)
+    dist = Distributed.from_env()
+    if dist.world_size == 1:
+        for stage in stages:
+            STAGE_FUNCTIONS[stage](config, console)
+        return
+    if not dist.is_main:
+        console = Console(quiet=True)
+    if config.threads is None:
+        torch.set_num_threads(dist.cpu_threads())
+    devices = []
+    if any(stage in _SHARED_STAGES for stage in stages):
+        devices.append(dist.device(config.teacher.device))
+    if "train" in stages:
+        devices.append(dist.device(config.training.device))
+    if not devices:  # stages of process 0 alone
+        for stage in stages if dist.is_main else ():
+            STAGE_FUNCTIONS[stage](config, console)
+        return
+    dist.start(*devices)
+    try:
+        dist.barrier()  # process 0 has prepared the run directory
+        for stage in stages:
+            if stage in _SHARED_STAGES:
+                _SHARED_STAGES[stage](config, console, dist)
+            elif stage == "train" or dist.is_main:
+                STAGE_FUNCTIONS[stage](config, console)
+    finally:
+        dist.stop()
+
+
+#: Stages whose work the processes share out under torchrun; they take the process group.
+_SHARED_STAGES: dict[str, Callable[[Config, Console, Distributed], None]] = {
+    "generate": generate,
+    "label": label,
+}

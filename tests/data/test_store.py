@@ -4,7 +4,13 @@ from ase.build import bulk, molecule
 
 from mlff_distiller import keys
 from mlff_distiller.data.dataset import load_dataset, pack, split_by_system
-from mlff_distiller.data.store import LabelStore, ShardMismatchError
+from mlff_distiller.data.store import (
+    LabelStore,
+    ShardMismatchError,
+    frames_to_arrays,
+    shard_name,
+    write_arrays,
+)
 from mlff_distiller.teachers.base import Labels
 
 
@@ -47,6 +53,27 @@ def test_shards_round_trip_in_index_order(tmp_path):
         np.testing.assert_allclose(arrays[keys.TEACHER_FORCES][a:b], k)
         assert arrays["has_stress"][k] == atoms.pbc.all()
     assert list(arrays[keys.SYSTEM_ID]) == [f"sys{k % 5}" for k in range(6)]
+
+
+def test_shards_are_named_by_their_first_frame_beside_numbered_ones(tmp_path):
+    """Numbered shards of earlier versions are read; a new shard's name never collides."""
+    frames = _frames(8)
+    labels = _labels(frames)
+    store = LabelStore(tmp_path)
+    # An earlier version's run: shard-00000 held frames 0-1, shard-00002 frames 4-5 (the
+    # damaged shard-00001, frames 2-3, was deleted); the next shard starts at frame 2.
+    write_arrays(tmp_path / "shard-00000.h5", frames_to_arrays(frames[:2], labels[:2], [0, 1]), {})
+    write_arrays(
+        tmp_path / "shard-00002.h5", frames_to_arrays(frames[4:6], labels[4:6], [4, 5]), {}
+    )
+    assert store.labelled_indices() == {0, 1, 4, 5}
+    path = store.write_shard(frames[2:4], labels[2:4], [2, 3], "toy", "1")
+    assert path.name == shard_name(2) == "shard-from-0000002.h5"
+    store.write_shard(frames[6:], labels[6:], [6, 7], "toy", "1")
+    assert len(store.shard_paths()) == 4
+    arrays, _ = store.read_all()
+    np.testing.assert_array_equal(arrays["index"], np.arange(8))
+    np.testing.assert_array_equal(arrays[keys.TEACHER_ENERGY], np.arange(8.0))
 
 
 def test_other_teacher_is_refused(tmp_path):

@@ -28,7 +28,7 @@ runner = CliRunner()
 DISK_FULL = [
     ("config.yaml", 1),
     ("system-0002.extxyz", 1),
-    ("shard-00001.h5", 1),
+    ("shard-from-0000003.h5", 1),  # STAGED: the second shard of 3 frames
     ("dataset.h5", 1),
     ("best.ckpt", 1),
     ("last.ckpt", 2),

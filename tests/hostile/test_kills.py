@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from mlff_distiller import pipeline
+from mlff_distiller.data.store import shard_name
 
 #: The child: the CLI, with an optional pause before ``os.replace`` onto a file name.
 CHILD = """
@@ -115,9 +116,12 @@ def generate_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, i
 
 
 def label_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, int]:
-    shards = -(-n_frames(run) // config["teacher"]["shard_size"])
-    k = missing("shard-%05d.h5", run, "data", shards, rng)
-    return f"shard-{k:05d}.h5", 1
+    # Shards are named by their first frame: 0, size, 2 size... (no near-duplicates here).
+    size = config["teacher"]["shard_size"]
+    shards = -(-n_frames(run) // size)
+    left = [k for k in range(shards - 1) if not (run / "data" / shard_name(k * size)).exists()]
+    assert left, "nothing left to kill in data: the previous kill went too far"
+    return shard_name(rng.choice(left) * size), 1
 
 
 def train_moment(rng: random.Random, run: Path, config: dict) -> tuple[str, int]:

@@ -1,10 +1,12 @@
 """Append-only shards of teacher-labelled structures, written atomically and resumable.
 
-A shard ``RUN/data/shard-00000.h5`` holds a contiguous block of structures (atoms of all
+A shard ``RUN/data/shard-from-0000000.h5`` holds a block of structures (atoms of all
 structures concatenated, ``ptr`` marks where each starts) with their ``teacher_*`` labels and
 provenance. A shard is written to a temporary name and renamed into place, so a stopped run
 never leaves a half-written file that could be read as data; a restarted run labels only the
-structures whose index is in no shard yet.
+structures whose index is in no shard yet. A shard is named after the first structure it
+holds (:func:`shard_name`), so processes labelling side by side never pick the same name;
+shards of earlier versions, numbered in order (``shard-00000.h5``), are read alike.
 
 Datasets in a shard (``n`` structures, ``A`` atoms in total):
 
@@ -56,6 +58,16 @@ PER_STRUCTURE = ("index", "cell", "pbc", keys.TEACHER_ENERGY, keys.TEACHER_STRES
 PER_ATOM = ("numbers", "positions", keys.TEACHER_FORCES)
 STRINGS = (keys.SYSTEM_ID, keys.SAMPLER)
 PER_EDGE = ("edges", "cell_shifts")
+
+
+def shard_name(first: int) -> str:
+    """File name of the shard whose first structure has index ``first``.
+
+    Every structure is in one shard at most, so no two shards share a name, whichever
+    process writes them; the ``from`` keeps these names apart from the numbered shards of
+    earlier versions (``shard-00005.h5`` was the sixth shard, not the one from structure 5).
+    """
+    return f"shard-from-{first:07d}.h5"
 
 
 class ShardMismatchError(ValueError):
@@ -191,7 +203,7 @@ class LabelStore:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def shard_paths(self) -> list[Path]:
-        """Completed shards, in order."""
+        """Completed shards, sorted by name."""
         return sorted(self.directory.glob("shard-*.h5"))
 
     def labelled_indices(self, teacher_name: str | None = None) -> set[int]:
@@ -218,10 +230,11 @@ class LabelStore:
         teacher_name: str,
         teacher_version: str,
     ) -> Path:
-        """Write one shard atomically and return its path."""
-        existing = self.shard_paths()
-        number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        path = self.directory / f"shard-{number:05d}.h5"
+        """Write one shard atomically and return its path (named by :func:`shard_name`).
+
+        ``indices`` (positions of the structures in the run's list) must be in no shard yet.
+        """
+        path = self.directory / shard_name(min(indices))
         arrays = frames_to_arrays(structures, labels, indices)
         write_arrays(
             path,

@@ -1,4 +1,9 @@
-"""Perturbing structures into training frames: random displacements and teacher MD.
+"""Perturbing structures into training frames.
+
+Random displacements (:func:`rattle`), random cell strains of crystals (:func:`strain`),
+rattle-relax chains on the teacher (:func:`rattle_relax`), normal-mode sampling from the
+teacher's Hessian (:func:`normal_modes`) and teacher-driven Langevin MD (:func:`teacher_md`),
+at several temperatures side by side or as a ladder.
 
 Every frame is a fresh :class:`ase.Atoms`: no calculator, no cached results, no labels of
 its parent (``teacher_*`` and bare ``energy``/``forces``/``stress`` keys are removed, since
@@ -13,7 +18,9 @@ silently shorter dataset hides it. Lower the temperature or timestep, or drop th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ase
@@ -22,6 +29,8 @@ from ase import units
 from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
+from ase.optimize import FIRE
+from ase.optimize.optimize import Optimizer
 
 try:
     from ase.md.velocitydistribution import thermalize_momenta
@@ -86,6 +95,366 @@ def rattle(atoms: ase.Atoms, n_frames: int, stdev: float, seed: int = 0) -> list
         frame.positions = atoms.positions + rng.normal(0.0, stdev, size=(len(atoms), 3))
         frames.append(frame)
     return frames
+
+
+def strain(atoms: ase.Atoms, n_frames: int, max_strain: float, seed: int = 0) -> list[ase.Atoms]:
+    """Frames of a crystal under random symmetric strains, its atoms carried with the cell.
+
+    Each frame draws the six independent components of a symmetric strain tensor ``e``
+    uniformly in ``[-max_strain, max_strain]`` and deforms the cell by ``I + e``: the cell
+    rows become ``cell @ (I + e)`` and the atoms keep their fractional coordinates
+    (``set_cell(..., scale_atoms=True)``). Only structures periodic along all three cell
+    vectors are strained: a molecule, slab or wire gets no frame, since a strain that
+    stretches vacuum changes nothing the teacher sees.
+
+    Parameters
+    ----------
+    atoms
+        The reference structure (not modified).
+    n_frames
+        Number of frames (of a fully periodic structure).
+    max_strain
+        Largest absolute value of a strain component (dimensionless, e.g. 0.02 for 2 %).
+    seed
+        Seed of the random generator (same seed, same frames).
+
+    Returns
+    -------
+    list[ase.Atoms]
+        ``n_frames`` frames with ``info["sampler"] = f"strain-{max_strain:g}"``, or none if
+        ``atoms`` is not periodic along all three cell vectors.
+    """
+    if not atoms.pbc.all():
+        return []
+    rng = np.random.default_rng(seed)
+    sampler = f"strain-{max_strain:g}"
+    upper = np.triu_indices(3)
+    frames = []
+    for _ in range(n_frames):
+        e = np.zeros((3, 3))
+        e[upper] = rng.uniform(-max_strain, max_strain, size=6)
+        e = e + np.triu(e, 1).T
+        frame = _fresh_frame(atoms, sampler)
+        frame.set_cell(atoms.cell.array @ (np.eye(3) + e), scale_atoms=True)
+        frames.append(frame)
+    return frames
+
+
+def relax(
+    atoms: ase.Atoms,
+    calculator: Calculator,
+    fmax: float,
+    steps: int,
+    optimizer: type[Optimizer] = FIRE,
+) -> ase.Atoms:
+    """A copy of ``atoms`` with its positions relaxed by an ASE optimiser (cell fixed).
+
+    Parameters
+    ----------
+    atoms
+        The structure (not modified).
+    calculator
+        ASE calculator giving the forces (e.g. ``teacher.calculator()``).
+    fmax
+        Stop once every atom's force is below this, eV/Å.
+    steps
+        Most optimiser steps (the relaxation may stop earlier).
+    optimizer
+        The ASE optimiser class (``FIRE`` by default; ``BFGS`` for tight minima).
+
+    Returns
+    -------
+    ase.Atoms
+        The relaxed copy, tagged ``info["sampler"] = "relaxed"``, without calculator or
+        labels.
+    """
+    work = _fresh_frame(atoms, "relaxed")
+    work.calc = calculator
+    try:
+        optimizer(work, logfile=None).run(fmax=fmax, steps=steps)
+    finally:
+        work.calc = None
+    return work
+
+
+def rattle_relax(
+    atoms: ase.Atoms,
+    calculator: Calculator,
+    n_chains: int,
+    length: int,
+    stdev: float,
+    fmax: float = 0.05,
+    steps: int = 5,
+    seed: int = 0,
+) -> list[ase.Atoms]:
+    """Rattle-relax chains: frames a little uphill of the teacher's minima, and beyond.
+
+    The rattle-relax-repeat idea of augment-atoms (J. L. A. Gardner et al., "Distillation
+    of atomistic foundation models across architectures and chemical domains", 2025): each
+    link of a chain rattles the previous link's frame (Gaussian displacements of standard
+    deviation ``stdev``, their mean removed so the structure does not drift), then relaxes
+    it for at most ``steps`` FIRE steps on the teacher; the partly relaxed structure is the
+    link's frame and the start of the next link. The first link starts from ``atoms``.
+    Unlike augment-atoms, parents are not drawn from a Boltzmann-weighted family tree, the
+    relaxation is ASE's FIRE, and the cell is not rattled (:func:`strain` does that).
+
+    All draws come from one ``numpy.random.default_rng(seed)``, chain by chain and link by
+    link: link ``j`` of chain ``c`` adds ``d - d.mean(axis=0)``, ``d`` being the
+    ``(c * length + j)``-th draw ``rng.normal(0.0, stdev, size=(N, 3))``.
+
+    Parameters
+    ----------
+    atoms
+        The starting structure (not modified); its cell and ``pbc`` are kept.
+    calculator
+        The teacher's ASE calculator (``teacher.calculator()``).
+    n_chains
+        Number of chains, each starting from ``atoms``.
+    length
+        Links (frames) per chain.
+    stdev
+        Standard deviation of each Cartesian displacement component of a rattle, Å.
+    fmax
+        A relaxation stops early once every force is below this, eV/Å.
+    steps
+        Most FIRE steps after each rattle.
+    seed
+        Seed of the random generator (same seed, same frames).
+
+    Returns
+    -------
+    list[ase.Atoms]
+        ``n_chains * length`` frames, chain by chain, with
+        ``info["sampler"] = f"rattle-relax-{stdev:g}"``.
+    """
+    rng = np.random.default_rng(seed)
+    sampler = f"rattle-relax-{stdev:g}"
+    frames = []
+    for _ in range(n_chains):
+        current = atoms
+        for _ in range(length):
+            rattled = _fresh_frame(current, sampler)
+            displacement = rng.normal(0.0, stdev, size=(len(atoms), 3))
+            rattled.positions += displacement - displacement.mean(axis=0)
+            current = relax(rattled, calculator, fmax, steps)
+            current.info[keys.SAMPLER] = sampler
+            frames.append(current)
+    return frames
+
+
+def teacher_hessian(atoms: ase.Atoms, teacher: Teacher, delta: float = 0.01) -> np.ndarray:
+    """The teacher's Hessian by central differences of its forces, all in one labelling call.
+
+    Every Cartesian coordinate is moved by ``+delta`` and ``-delta``; the ``6 N`` displaced
+    structures are labelled together (:meth:`Teacher.label`, batched where the teacher
+    batches), and ``H[i, j] = -(F_j(x + delta e_i) - F_j(x - delta e_i)) / (2 delta)``. The
+    result is returned as computed, not symmetrised: its asymmetry measures the
+    finite-difference error (:func:`vibrational_modes` symmetrises it).
+
+    Parameters
+    ----------
+    atoms
+        The structure (``N`` atoms; not modified), best a minimum of the teacher.
+    teacher
+        The teacher giving the forces.
+    delta
+        Displacement of each coordinate, Å.
+
+    Returns
+    -------
+    numpy.ndarray
+        (3N, 3N) second derivatives of the energy, eV/Å², coordinates ordered atom by atom
+        (x, y, z of atom 0, then atom 1, ...).
+    """
+    n_coordinates = 3 * len(atoms)
+    displaced = []
+    for i in range(n_coordinates):
+        for sign in (1.0, -1.0):
+            frame = _fresh_frame(atoms, "hessian")
+            positions = frame.positions.copy()
+            positions.flat[i] += sign * delta
+            frame.positions = positions
+            displaced.append(frame)
+    forces = np.stack([labels.forces for labels in teacher.label(displaced)])
+    forces = forces.reshape(n_coordinates, 2, n_coordinates)
+    return -(forces[:, 0] - forces[:, 1]) / (2.0 * delta)
+
+
+def rigid_modes(atoms: ase.Atoms) -> int:
+    """Zero-frequency modes of a free structure: translations, and rotations of a molecule.
+
+    3 for a structure periodic along any cell vector or a single atom, 5 for a linear
+    molecule, 6 for any other molecule.
+    """
+    if atoms.pbc.any() or len(atoms) == 1:
+        return 3
+    inertia = np.sort(atoms.get_moments_of_inertia())
+    return 5 if inertia[0] < 1e-6 * inertia[2] else 6
+
+
+@dataclass(frozen=True, eq=False)
+class VibrationalModes:
+    """Harmonic modes of a structure (``N`` atoms): the eigenvectors of its mass-weighted Hessian.
+
+    Attributes
+    ----------
+    eigenvalues
+        (3N,) eigenvalues of the mass-weighted Hessian, ascending, eV/(Å² amu) (the squared
+        angular frequencies; negative for imaginary modes).
+    vectors
+        (3N, N, 3) Cartesian displacement of each mode per unit mass-weighted amplitude,
+        1/sqrt(amu): the unit eigenvector divided by the square root of each atom's mass.
+    rigid
+        (3N,) True for the translations and rotations: the :func:`rigid_modes` modes whose
+        eigenvalues are closest to zero.
+    """
+
+    eigenvalues: np.ndarray
+    vectors: np.ndarray
+    rigid: np.ndarray
+
+    @property
+    def imaginary(self) -> np.ndarray:
+        """(3N,) True for the non-rigid modes with negative eigenvalue (not a minimum)."""
+        return ~self.rigid & (self.eigenvalues < 0)
+
+    @property
+    def vibrational(self) -> np.ndarray:
+        """(3N,) True for the real vibrations: non-rigid modes with positive eigenvalue."""
+        return ~self.rigid & (self.eigenvalues > 0)
+
+
+def vibrational_modes(hessian: np.ndarray, masses: np.ndarray, n_rigid: int) -> VibrationalModes:
+    """Diagonalise the symmetrised, mass-weighted Hessian.
+
+    Parameters
+    ----------
+    hessian
+        (3N, 3N) Hessian, eV/Å² (e.g. :func:`teacher_hessian`).
+    masses
+        (N,) atomic masses, amu.
+    n_rigid
+        How many modes closest to zero are translations and rotations (:func:`rigid_modes`).
+
+    Returns
+    -------
+    VibrationalModes
+        Eigenvalues in eV/(Å² amu) and Cartesian mode vectors.
+    """
+    inv_sqrt_mass = np.repeat(1.0 / np.sqrt(np.asarray(masses, dtype=np.float64)), 3)
+    symmetric = 0.5 * (hessian + hessian.T)
+    weighted = symmetric * inv_sqrt_mass[:, None] * inv_sqrt_mass[None, :]
+    eigenvalues, eigenvectors = np.linalg.eigh(weighted)
+    vectors = (eigenvectors * inv_sqrt_mass[:, None]).T.reshape(len(eigenvalues), -1, 3)
+    rigid = np.zeros(len(eigenvalues), dtype=bool)
+    rigid[np.argsort(np.abs(eigenvalues), kind="stable")[:n_rigid]] = True
+    return VibrationalModes(eigenvalues, vectors, rigid)
+
+
+def normal_mode_frames(
+    atoms: ase.Atoms,
+    modes: VibrationalModes,
+    temperature_K: float,
+    n_frames: int,
+    seed: int = 0,
+) -> list[ase.Atoms]:
+    """Frames displaced along the vibrational modes with classical Boltzmann amplitudes.
+
+    Each vibrational mode ``k`` (eigenvalue ``w2_k``) gets an independent Gaussian
+    mass-weighted amplitude of variance ``kB T / w2_k``, the classical canonical
+    distribution of a harmonic oscillator; the displacement is the sum over modes of
+    amplitude times :attr:`VibrationalModes.vectors`. In the harmonic limit each mode then
+    holds ``kB T / 2`` of potential energy on average. Rigid and imaginary modes are not
+    displaced. Very soft modes get large amplitudes: the harmonic picture breaks down
+    there, and frames with atoms too close are dropped later by the distance filter.
+
+    Parameters
+    ----------
+    atoms
+        The structure whose Hessian gave ``modes`` (not modified).
+    modes
+        Its modes (:func:`vibrational_modes`).
+    temperature_K
+        Temperature of the Boltzmann distribution, K (> 0).
+    n_frames
+        Number of frames.
+    seed
+        Seed of the random generator (same seed, same frames).
+
+    Returns
+    -------
+    list[ase.Atoms]
+        ``n_frames`` frames with ``info["sampler"] = f"normal-modes-{temperature_K:g}K"``;
+        none if the structure has no vibrational mode.
+    """
+    if temperature_K <= 0:
+        raise ValueError(f"normal_mode_frames needs temperature_K > 0; got {temperature_K}")
+    vibrational = modes.vibrational
+    if not vibrational.any():
+        return []
+    rng = np.random.default_rng(seed)
+    stdev = np.sqrt(units.kB * temperature_K / modes.eigenvalues[vibrational])
+    amplitudes = rng.standard_normal((n_frames, len(stdev))) * stdev
+    displacements = np.einsum("fm,mnc->fnc", amplitudes, modes.vectors[vibrational])
+    sampler = f"normal-modes-{temperature_K:g}K"
+    frames = []
+    for displacement in displacements:
+        frame = _fresh_frame(atoms, sampler)
+        frame.positions = atoms.positions + displacement
+        frames.append(frame)
+    return frames
+
+
+def normal_modes(
+    atoms: ase.Atoms,
+    teacher: Teacher,
+    temperature_K: float,
+    n_frames: int,
+    seed: int = 0,
+    delta: float = 0.01,
+) -> list[ase.Atoms]:
+    """Normal-mode sampling on the teacher's Hessian.
+
+    The normal-mode sampling of ANI-1 (J. S. Smith, O. Isayev and A. E. Roitberg, Chem.
+    Sci. 8, 3192 (2017)), with classical Boltzmann amplitudes at ``temperature_K`` instead
+    of ANI's random split of a total energy among the modes: :func:`teacher_hessian`,
+    :func:`vibrational_modes` (skipping the :func:`rigid_modes` translations and rotations),
+    then :func:`normal_mode_frames`. ``atoms`` should be a minimum of the teacher (relax it
+    first, e.g. :func:`relax` with ``BFGS``); imaginary modes are skipped, with a warning
+    that counts them.
+
+    Parameters
+    ----------
+    atoms
+        The structure (not modified), best relaxed on the teacher.
+    teacher
+        The teacher whose Hessian defines the modes.
+    temperature_K
+        Temperature of the Boltzmann distribution, K (> 0).
+    n_frames
+        Number of frames.
+    seed
+        Seed of the random generator (same seed, same frames).
+    delta
+        Finite-difference displacement of the Hessian, Å.
+
+    Returns
+    -------
+    list[ase.Atoms]
+        As :func:`normal_mode_frames`.
+    """
+    hessian = teacher_hessian(atoms, teacher, delta)
+    modes = vibrational_modes(hessian, atoms.get_masses(), rigid_modes(atoms))
+    n_imaginary = int(modes.imaginary.sum())
+    if n_imaginary:
+        system = atoms.info.get(keys.SYSTEM_ID, atoms.get_chemical_formula())
+        warnings.warn(
+            f"normal modes of system {system!r}: {n_imaginary} imaginary mode(s) of "
+            f"{len(modes.eigenvalues)} skipped, the structure is not a minimum of the teacher "
+            "(relax it further first: structures.normal_modes.relax_steps or relax_fmax)",
+            stacklevel=2,
+        )
+    return normal_mode_frames(atoms, modes, temperature_K, n_frames, seed)
 
 
 def langevin_md(
@@ -512,6 +881,7 @@ def teacher_md(
     interval: int,
     timestep_fs: float = 0.5,
     friction: float = 0.01,
+    ladder: bool = False,
 ) -> list[list[ase.Atoms]]:
     """Teacher-driven Langevin MD of every structure at every temperature.
 
@@ -520,6 +890,12 @@ def teacher_md(
     TorchSimTeacher`); otherwise, and for structures periodic along only some directions,
     one trajectory at a time with ASE's Langevin on the teacher's calculator
     (:func:`langevin_md`). Both follow the same dynamics from the same seeds.
+
+    Without ``ladder`` every trajectory starts from its structure. With ``ladder`` the
+    temperatures are rungs climbed in the order given: the trajectory at
+    ``temperatures_K[t]`` starts from the last frame of the one at ``temperatures_K[t - 1]``
+    (positions carried on, velocities drawn afresh at the new temperature from its own
+    seed), the rungs of all structures running together on either path.
 
     Parameters
     ----------
@@ -533,6 +909,8 @@ def teacher_md(
         ``seeds[i][t]``: seed of structure ``i`` at ``temperatures_K[t]``.
     n_frames, interval, timestep_fs, friction
         As for :func:`langevin_md`.
+    ladder
+        Run the temperatures one after another, each continuing the previous trajectory.
 
     Returns
     -------
@@ -542,39 +920,64 @@ def teacher_md(
     from mlff_distiller.teachers.base import TorchSimTeacher
 
     model = teacher.torchsim_model() if isinstance(teacher, TorchSimTeacher) else None
-    jobs = [(i, t) for i in range(len(structures)) for t in range(len(temperatures_K))]
-    uniform = [bool(structures[i].pbc.all()) or not structures[i].pbc.any() for i, _ in jobs]
+    settings = {
+        "n_frames": n_frames,
+        "interval": interval,
+        "timestep_fs": timestep_fs,
+        "friction": friction,
+    }
+    every = range(len(temperatures_K))
+    rungs = [[t] for t in every] if ladder else [every]
+    starts = list(structures)
+    results: dict[tuple[int, int], list[ase.Atoms]] = {}
+    for rung in rungs:
+        jobs = [(i, t) for i in range(len(structures)) for t in rung]
+        results.update(_trajectories(starts, jobs, teacher, model, temperatures_K, seeds, settings))
+        if ladder:  # the next rung continues from the last frame of this one
+            starts = [results[i, rung[0]][-1] for i in range(len(structures))]
+    return [
+        [frame for t in range(len(temperatures_K)) for frame in results[i, t]]
+        for i in range(len(structures))
+    ]
+
+
+def _trajectories(
+    starts: Sequence[ase.Atoms],
+    jobs: Sequence[tuple[int, int]],
+    teacher: Teacher,
+    model: Any,
+    temperatures_K: Sequence[float],
+    seeds: Sequence[Sequence[int]],
+    settings: dict[str, Any],
+) -> dict[tuple[int, int], list[ase.Atoms]]:
+    """Frames of trajectory ``(i, t)`` from ``starts[i]`` at ``temperatures_K[t]``, per job.
+
+    Batched on ``model`` (a TorchSim model, or ``None``) where the structure's periodicity
+    allows it, one by one on the teacher's calculator otherwise.
+    """
+    uniform = [bool(starts[i].pbc.all()) or not starts[i].pbc.any() for i, _ in jobs]
     batched = [job for job, ok in zip(jobs, uniform, strict=True) if ok and model is not None]
     results: dict[tuple[int, int], list[ase.Atoms]] = {}
     if batched:
         trajectories = batched_langevin_md(
-            [structures[i] for i, _ in batched],
+            [starts[i] for i, _ in batched],
             model,
             [temperatures_K[t] for _, t in batched],
             [seeds[i][t] for i, t in batched],
-            n_frames,
-            interval,
-            timestep_fs=timestep_fs,
-            friction=friction,
             batch_atoms=teacher.batch_atoms,
+            **settings,
         )
         results.update(zip(batched, trajectories, strict=True))
     for i, t in jobs:
         if (i, t) not in results:
             results[i, t] = langevin_md(
-                structures[i],
+                starts[i],
                 teacher.calculator(),
                 temperature_K=temperatures_K[t],
-                n_frames=n_frames,
-                interval=interval,
-                timestep_fs=timestep_fs,
-                friction=friction,
                 seed=seeds[i][t],
+                **settings,
             )
-    return [
-        [frame for t in range(len(temperatures_K)) for frame in results[i, t]]
-        for i in range(len(structures))
-    ]
+    return results
 
 
 def _max_temperature(temperature_K: float) -> float:
