@@ -242,7 +242,20 @@ class TeacherConfig(_Section):
     """The pretrained potential whose labels the student learns."""
 
     name: str = "7net-0"
-    """Registry name of the teacher: ``7net-0`` (SevenNet-0), ``chgnet`` or ``emt`` (toy)."""
+    """Registry name of the teacher: ``7net-0`` (SevenNet-0), ``chgnet``, ``orb`` or
+    ``mace`` (weights from ``weights``), or ``emt`` (toy)."""
+    weights: Path | None = None
+    """Local weights file of an ``orb`` or ``mace`` teacher (nothing is downloaded): for
+    ``orb`` the ``.ckpt`` state dict of the architecture named by ``model``, for ``mace`` a
+    ``.model`` file saved with ``torch.save`` of a whole MACE model. Must be unset for the
+    teachers whose weights ship with their package (``7net-0``, ``chgnet``, ``emt``). A
+    relative path is relative to the working directory. The file is checked when the teacher
+    is loaded, so that a run's config still loads where the file is absent (e.g. to evaluate
+    on another machine)."""
+    model: str | None = None
+    """Architecture of the ``orb`` weights file: a name of orb-models'
+    ``ORB_PRETRAINED_MODELS``, e.g. ``orb-v3-conservative-inf-omat`` (conservative models,
+    whose forces are energy gradients, make the better teachers). Unused by other teachers."""
     device: str = "cpu"
     """Torch device the teacher runs on (with ``torchrun`` or ``--workers``, ``cuda`` means
     each process's own GPU)."""
@@ -255,6 +268,28 @@ class TeacherConfig(_Section):
     memory runs out (SevenNet-0 needs about 1.4 MB per atom: 3 GB at 2048 atoms); a larger
     structure goes alone. ``null``: one structure at a time through the teacher's ASE
     calculator (MD with ASE's Langevin)."""
+
+    @model_validator(mode="after")
+    def _weights_file_where_needed(self) -> TeacherConfig:
+        from mlff_distiller.teachers.registry import WEIGHTS_FILE_TEACHERS
+
+        if self.name in WEIGHTS_FILE_TEACHERS:
+            if self.weights is None:
+                raise ValueError(
+                    f"teacher {self.name!r} needs teacher.weights, a local weights file "
+                    "(nothing is downloaded); see the README, section 'Teachers'"
+                )
+            if self.name == "orb" and self.model is None:
+                raise ValueError(
+                    "teacher 'orb' needs teacher.model, the Orb architecture of the weights "
+                    "file (e.g. orb-v3-conservative-inf-omat)"
+                )
+        elif self.weights is not None:
+            raise ValueError(
+                f"teacher {self.name!r} uses the weights bundled with its package; remove "
+                "teacher.weights"
+            )
+        return self
 
 
 class DataConfig(_Section):

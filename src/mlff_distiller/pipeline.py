@@ -232,7 +232,9 @@ def _load_teacher(config: Config, dist: Distributed) -> Teacher:
     from mlff_distiller.teachers import get_teacher
 
     cfg = config.teacher
-    return get_teacher(cfg.name, str(dist.device(cfg.device)), cfg.batch_atoms)
+    return get_teacher(
+        cfg.name, str(dist.device(cfg.device)), cfg.batch_atoms, cfg.weights, cfg.model
+    )
 
 
 _Item = TypeVar("_Item")

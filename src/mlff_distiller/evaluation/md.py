@@ -1086,7 +1086,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _start_worker(
-    run_dir: str, device: str, teacher: str, teacher_device: str, settings: dict[str, Any]
+    run_dir: str, device: str, teacher: dict[str, Any], settings: dict[str, Any]
 ) -> None:
     """Load the potentials once per worker process, which runs on one thread."""
     from mlff_distiller.deploy.calculator import load_calculator
@@ -1094,7 +1094,9 @@ def _start_worker(
 
     torch.set_num_threads(1)
     _WORKER["student"] = load_calculator(run_dir, device=device)
-    _WORKER["teacher"] = get_teacher(teacher, teacher_device).calculator()
+    _WORKER["teacher"] = get_teacher(
+        teacher["name"], teacher["device"], weights=teacher["weights"], model=teacher["model"]
+    ).calculator()
     _WORKER["settings"] = ValidateMDConfig(**settings)
 
 
@@ -1128,7 +1130,7 @@ def _run_in_processes(
         workers,
         mp_context=get_context("spawn"),
         initializer=_start_worker,
-        initargs=(str(run_dir), device, config.teacher.name, config.teacher.device, settings),
+        initargs=(str(run_dir), device, config.teacher.model_dump(mode="json"), settings),
     ) as pool:
         futures = {pool.submit(_run_in_worker, jobs[k][i]): (k, i) for k, i in order}
         for future in as_completed(futures):
@@ -1178,7 +1180,10 @@ def validate_md(config: Config, run_dir: Path, console: Console | None = None) -
                 jobs, workers, run_dir, str(device), config, lambda n: progress.advance(task, n)
             )
         student = load_calculator(run_dir, device=device)
-        teacher_calc = get_teacher(config.teacher.name, config.teacher.device).calculator()
+        teacher = config.teacher
+        teacher_calc = get_teacher(
+            teacher.name, teacher.device, weights=teacher.weights, model=teacher.model
+        ).calculator()
         for k, (system, start) in enumerate(zip(systems, starts, strict=True)):
             entry, runs = validate_system(
                 start,
