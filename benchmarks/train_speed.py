@@ -19,23 +19,30 @@ this process, ``--repeats`` blocks of ``--steps`` steps each after ``--warmup`` 
   loss, backward, clipping, AdamW, EMA). With ``--static`` also
   :class:`~mlff_distiller.training.step.StaticTrainStep` on batches padded to fixed
   capacities: on CUDA the whole step captured once in a CUDA graph and replayed (rows with
-  ``"captured": true``; the capture, in the warm-up, is not timed), on a CPU run eagerly. On
+  ``"captured": true``; the capture, in the warm-up, is not timed), on a CPU run eagerly.
+  With ``--compile`` also that static step with predictions and loss compiled by
+  ``torch.compile`` (``TrainStep(compile=True)``; compiled and captured in the warm-up). On
   the mixed workload also with an edge budget (``batch_size`` times the mean edges per
   structure), which makes steps of equal cost.
 - ``plain_eager``: a textbook PaiNN (separate message and update modules, messages built per
   edge), per-structure tensors on the device concatenated per batch in Python, forces by
   autograd, the same loss terms, AdamW.
 
-With ``--static`` the JSON also holds ``loss_curves``: the eager step and the static one
-(captured on CUDA) trained from the same initial weights on the same ``--curve-steps``
-batches of ``--curve-batch-size`` (uniform workload) under a warm-up LR, with the largest
-absolute and relative difference of their losses.
+With ``--static`` (or ``--compile``) the JSON also holds ``loss_curves``: the eager step
+(twice, for the run-to-run noise), the static one (captured on CUDA) and with ``--compile``
+the compiled static one, trained from the same initial weights on the same
+``--curve-steps`` batches of ``--curve-batch-size`` (uniform workload) under a warm-up LR,
+with each curve's largest relative difference from the first eager one.
 
 Reported per configuration: median ms/step with every block, structures/s, s/epoch (the
-training set at that throughput: an extrapolation, stated as such), peak GPU memory
-(``max_memory_allocated`` after ``reset_peak_memory_stats``; none on a CPU), and the ratio
-plain/ours from the same blocks. A configuration that runs out of GPU memory is recorded as
-such. GPU times are read after ``torch.cuda.synchronize()``.
+training set at that throughput: an extrapolation, stated as such), peak GPU memory (none on
+a CPU) and the ratio plain/ours from the same blocks. The peak memory of a configuration is
+what its step allocates over its first ``--warmup`` steps (``max_memory_allocated`` after
+``reset_peak_memory_stats``, less what was allocated before it was built: model, optimiser,
+CUDA-graph pool and activations) plus its own training data on the device (the resident
+:class:`~mlff_distiller.data.batching.GraphSet`, or the plain reference's per-structure
+tensors), so that other configurations' memory is not counted. A configuration that runs
+out of GPU memory is recorded as such. GPU times are read after ``torch.cuda.synchronize()``.
 
 Usage::
 
@@ -245,18 +252,21 @@ def ours_step_factory(
     plans: list,
     static: bool,
     lean: bool = False,
+    compile: bool = False,
 ) -> tuple[Callable, TrainStep | StaticTrainStep]:
     """The trainer's step on batches gathered from the device-resident set.
 
     ``static``: a :class:`StaticTrainStep` whose capacities hold every planned batch,
-    captured in a CUDA graph on CUDA. Returns a function of a plan, and the step.
+    captured in a CUDA graph on CUDA. ``compile``: predictions and loss compiled by
+    ``torch.compile`` (``TrainStep(compile=True)``). Returns a function of a plan, and the
+    step.
     """
     torch.manual_seed(0)
     model = PaiNN(128, 3, 20, cutoff, lean_messages=lean).to(graphs.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     loss = DistillationLoss(1.0, 1.0, scales=scales)
     step: TrainStep | StaticTrainStep = TrainStep(
-        model, optimizer, ExponentialMovingAverage(model, 0.99), loss, 10.0
+        model, optimizer, ExponentialMovingAverage(model, 0.99), loss, 10.0, compile=compile
     )
     if static:
         cap = Capacity(
@@ -274,31 +284,49 @@ def ours_step_factory(
 
 
 def loss_curves(
-    graphs: GraphSet, scales: LossScales, cutoff: float, plans: list, steps: int
+    graphs: GraphSet,
+    scales: LossScales,
+    cutoff: float,
+    plans: list,
+    steps: int,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """The eager and the static (captured on CUDA) step trained side by side.
+    """The eager step (twice), the static one (captured on CUDA) and, with ``compile``, the
+    static compiled one, trained side by side.
 
-    Both start from the same weights and take the same ``steps`` batches (cycling) with the
-    LR rising linearly over the first 50 steps to :data:`LR`.
+    All start from the same weights and take the same ``steps`` batches (cycling) with the
+    LR rising linearly over the first 50 steps to :data:`LR`. The second eager run measures
+    the run-to-run noise of the GPU's non-deterministic sums (``eager_repeat``).
     """
     curves = {}
-    for name, static in (("eager", False), ("static", True)):
-        run, step = ours_step_factory(graphs, scales, cutoff, plans, static)
+    kinds = [("eager", False, False), ("eager_repeat", False, False), ("static", True, False)]
+    if compile:
+        kinds.append(("static_compiled", True, True))
+    for name, static, compiled in kinds:
+        run, step = ours_step_factory(graphs, scales, cutoff, plans, static, compile=compiled)
         losses = []
         for k in range(steps):
             step.set_lr(LR * min(1.0, (k + 1) / 50))
             losses.append(run(plans[k % len(plans)]))
         curves[name] = torch.stack(losses).double().cpu()
-    difference = (curves["static"] - curves["eager"]).abs()
-    return {
+    eager = curves["eager"]
+    out: dict[str, Any] = {
         "steps": steps,
         "structures_per_step": len(plans[0].index),
         "captured": graphs.device.type == "cuda",
-        "max_abs_difference": float(difference.max()),
-        "max_rel_difference": float((difference / curves["eager"].abs()).max()),
-        "eager": curves["eager"].tolist(),
-        "static": curves["static"].tolist(),
     }
+    for name, curve in curves.items():
+        if name == "eager":
+            continue
+        relative = (curve - eager).abs() / eager.abs()
+        beyond = torch.nonzero(relative > 0.01).flatten()
+        out[f"{name}_vs_eager"] = {
+            "max_rel_difference": float(relative.max()),
+            "max_rel_difference_first_100": float(relative[:100].max()),
+            "first_step_beyond_1_percent": int(beyond[0]) if len(beyond) else None,
+        }
+    out["curves"] = {name: curve.tolist() for name, curve in curves.items()}
+    return out
 
 
 # --- timing -------------------------------------------------------------------------------
@@ -353,40 +381,69 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
     graphs = GraphSet.from_dataset(dataset, args.cutoff, device=device, resident=True)
     scales = LossScales.from_dataset(dataset)
     structures = plain_structures(dataset, device)
+    graphs_bytes = graphs.nbytes() if graphs.storage.type == "cuda" else 0
+    plain_bytes = sum(t.numel() * t.element_size() for s in structures for t in s.values())
     rows = []
     for batch_size in args.batch_sizes:
+        # Compiled steps of earlier batch sizes are done with: forget them, so that
+        # dynamo's limit of recompilations per function is never reached.
+        torch._dynamo.reset()
         plain_batches = plan_batches(order, n_atoms, n_edges, batch_size)
         count = plan_steps(plain_batches, n_atoms, n_edges, has_stress)
-        variants: dict[str, tuple[list, bool, bool]] = {"count": (count, False, False)}
+        # name -> (batches, static shapes, lean messages, compiled)
+        variants: dict[str, tuple[list, bool, bool, bool]] = {"count": (count, False, False, False)}
         if args.static:
-            variants["count+static"] = (count, True, False)
+            variants["count+static"] = (count, True, False, False)
+        if args.compile:
+            variants["count+static+compiled"] = (count, True, False, True)
         if args.lean:
-            variants["count+lean"] = (count, False, True)
+            variants["count+lean"] = (count, False, True, False)
         if name == "mixed":
             budget = int(batch_size * n_edges.mean())
             edge_batches = plan_batches(order, n_atoms, n_edges, 4 * batch_size, max_edges=budget)
             edge_plans = plan_steps(edge_batches, n_atoms, n_edges, has_stress)
-            variants["edge-budget"] = (edge_plans, False, False)
+            variants["edge-budget"] = (edge_plans, False, False, False)
             if args.static:
-                variants["edge-budget+static"] = (edge_plans, True, False)
+                variants["edge-budget+static"] = (edge_plans, True, False, False)
+            if args.compile:
+                variants["edge-budget+static+compiled"] = (edge_plans, True, False, True)
+        # key -> (a function that builds: (function of a batch, the step or None), batches)
+        builders: dict[str, tuple[Callable, list]] = {}
+        for variant, (plans, static, lean, compiled) in variants.items():
+            options = (plans, static, lean, compiled)
+            builders[f"mlff_distiller/{variant}"] = (
+                lambda o=options: ours_step_factory(graphs, scales, args.cutoff, *o),
+                plans,
+            )
+        builders["plain_eager/count"] = (
+            lambda: (plain_step_factory(structures, args.cutoff, device), None),
+            plain_batches,
+        )
         # key -> (function of a batch, the batches, the step object or None)
         runners: dict[str, tuple[Callable, list, Any]] = {}
-        for variant, (plans, static, lean) in variants.items():
-            run, step = ours_step_factory(graphs, scales, args.cutoff, plans, static, lean)
-            runners[f"mlff_distiller/{variant}"] = (run, plans, step)
-        plain = plain_step_factory(structures, args.cutoff, device)
-        runners["plain_eager/count"] = (plain, plain_batches, None)
-        times: dict[str, list[float]] = {key: [] for key in runners}
-        peak: dict[str, float | None] = {key: None for key in runners}
-
-        for key in list(runners):  # warm-up, and peak memory
+        peak: dict[str, float | None] = {key: None for key in builders}
+        for key, (build, items) in builders.items():  # build, warm up, peak memory
+            # What this step allocates (model, optimiser, capture pool, activations) over
+            # what is already there, plus its own training data on the device: other
+            # steps' memory, still held for the timing, is not counted.
+            baseline = 0
             if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                baseline = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
             context = {"workload": name, "batch_size": batch_size}
+            try:
+                run, step = build()
+            except torch.cuda.OutOfMemoryError:
+                continue
+            runners[key] = (run, items, step)
             if attempt(runners, key, 0, args.warmup, device, rows, context) is None:
                 continue
             if device.type == "cuda":
-                peak[key] = torch.cuda.max_memory_allocated(device) / 2**30
+                data = plain_bytes if key.startswith("plain") else graphs_bytes
+                step_bytes = torch.cuda.max_memory_allocated(device) - baseline
+                peak[key] = (step_bytes + data) / 2**30
+        times: dict[str, list[float]] = {key: [] for key in runners}
         for repeat in range(args.repeats):  # alternate the implementations
             for key in list(runners):
                 start = args.warmup + repeat * args.steps
@@ -413,7 +470,7 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
             if isinstance(step, StaticTrainStep):
                 row["captured"] = step.cuda_graph
                 row["capture_seconds"] = step.capture_seconds
-            same_batches = batching in ("count", "count+static")
+            same_batches = batching.startswith("count") and "lean" not in batching
             if (
                 implementation == "mlff_distiller"
                 and same_batches
@@ -447,6 +504,12 @@ def main() -> None:
         "--static",
         action="store_true",
         help="also time padded batches (captured in a CUDA graph on CUDA) and compare loss curves",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the compiled step (TrainStep(compile=True)) on padded batches "
+        "(captured on CUDA), and add it to the loss curves",
     )
     parser.add_argument(
         "--lean",
@@ -484,17 +547,19 @@ def main() -> None:
         }
         print(json.dumps({name: result["workloads"][name]}), flush=True)
         result["results"] += measure(args, name, dataset, device)
-        if args.static and name == "uniform" and args.curve_steps > 0:
+        if (args.static or args.compile) and name == "uniform" and args.curve_steps > 0:
             n_atoms, n_edges = np.diff(dataset.arrays["ptr"]), np.diff(dataset.arrays["edge_ptr"])
             order = np.random.default_rng(2).permutation(len(dataset))
             batches = plan_batches(order, n_atoms, n_edges, args.curve_batch_size)
             plans = plan_steps(batches, n_atoms, n_edges, np.zeros(len(dataset), dtype=bool))
             graphs = GraphSet.from_dataset(dataset, args.cutoff, device=device, resident=True)
+            scales = LossScales.from_dataset(dataset)
+            torch._dynamo.reset()
             curves = loss_curves(
-                graphs, LossScales.from_dataset(dataset), args.cutoff, plans, args.curve_steps
+                graphs, scales, args.cutoff, plans, args.curve_steps, compile=args.compile
             )
             result["loss_curves"] = curves
-            brief = {k: v for k, v in curves.items() if k not in ("eager", "static")}
+            brief = {k: v for k, v in curves.items() if k != "curves"}
             print(json.dumps({"loss_curves": brief}), flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlff_distiller.deploy.engine import StudentEngine, functional_predict
+from mlff_distiller.deploy.engine import StudentEngine
 from mlff_distiller.graph import batch_graphs, from_atoms
 from mlff_distiller.models import predict
 from mlff_distiller.testing import FLOAT32_VS_FLOAT64, SYMMETRY, example_structures, tiny_painn
@@ -110,24 +110,6 @@ def test_capture_grows_when_edges_outgrow_it():
     torch.testing.assert_close(
         out["forces"].cpu(), _reference(model, [atoms], False)["forces"], **FLOAT32_VS_FLOAT64
     )
-
-
-@pytest.mark.parametrize(
-    ("names", "stress"), [(["ethanol", "si", "ethanol"], False), (["si", "cu"], True)]
-)
-def test_functional_predict_equals_predict(names, stress):
-    """The torch.func derivation of the compiled CPU path, run eagerly, is predict's."""
-    model = tiny_painn().eval()  # as the engine holds it
-    structures = [example_structures(seed=k)[n] for k, n in enumerate(names)]
-    graph = batch_graphs([from_atoms(a, model.cutoff, torch.float64) for a in structures])
-    atomic, forces, stress_tensor = functional_predict(model, graph, stress)
-    expected = predict(model, graph, stress=stress)
-    torch.testing.assert_close(atomic.sum(), expected["energy"].sum(), **SYMMETRY)
-    torch.testing.assert_close(forces, expected["forces"], **SYMMETRY)
-    if stress:
-        torch.testing.assert_close(stress_tensor, expected["stress"], **SYMMETRY)
-    else:
-        assert stress_tensor is None
 
 
 class _Untraceable(torch.nn.Module):

@@ -8,12 +8,14 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from mlff_distiller.graph import AtomicGraph, edge_vectors, from_atoms
+from mlff_distiller.graph import AtomicGraph, batch_graphs, edge_vectors, from_atoms
 from mlff_distiller.keys import ENERGY, FORCES, STRESS
 from mlff_distiller.models import predict
+from mlff_distiller.models.predict import functional_predict, sum_per_structure
 from mlff_distiller.testing import (
     FINITE_DIFFERENCE,
     FINITE_DIFFERENCE_STEP,
+    SYMMETRY,
     example_structures,
     tiny_painn,
 )
@@ -153,3 +155,46 @@ def test_create_graph_lets_a_force_loss_reach_the_parameters(structures):
     assert_close(
         torch.tensor(analytic), torch.tensor((plus - minus) / (2 * H)), **FINITE_DIFFERENCE
     )
+
+
+@pytest.mark.parametrize(
+    ("names", "stress"), [(["ethanol", "si", "ethanol"], False), (["si", "cu"], True)]
+)
+def test_functional_predict_equals_predict(names, stress):
+    """The torch.func derivation (compiled paths), run eagerly, is predict's."""
+    model = tiny_painn().eval()  # as the engine holds it
+    structures = [example_structures(seed=k)[n] for k, n in enumerate(names)]
+    graph = batch_graphs([from_atoms(a, model.cutoff, torch.float64) for a in structures])
+    atomic, forces, stress_tensor = functional_predict(model, graph, stress)
+    expected = predict(model, graph, stress=stress)
+    torch.testing.assert_close(atomic.sum(), expected["energy"].sum(), **SYMMETRY)
+    torch.testing.assert_close(forces, expected["forces"], **SYMMETRY)
+    if stress:
+        torch.testing.assert_close(stress_tensor, expected["stress"], **SYMMETRY)
+    else:
+        assert stress_tensor is None
+
+
+@pytest.mark.parametrize("stress", [False, True])
+def test_functional_predict_gives_the_training_gradients_of_predict(stress):
+    """A loss on torch.func's forces and stress, backpropagated once, has the parameter
+    gradients of the same loss on predict's (create_graph=True, a double backward)."""
+    model = tiny_painn()
+    names = ["si", "cu"] if stress else ["ethanol", "si"]
+    structures = [example_structures(seed=k)[n] for k, n in enumerate(names)]
+    graph = batch_graphs([from_atoms(a, model.cutoff, torch.float64) for a in structures])
+    weights = torch.linspace(0.5, 1.5, graph.positions.numel(), dtype=torch.float64).view(-1, 3)
+
+    def loss(energy, forces, stress_tensor):
+        value = (energy**2).sum() + (weights * forces**2).sum()
+        return value + (stress_tensor**2).sum() if stress else value
+
+    expected = predict(model, graph, stress=stress, create_graph=True)
+    expected_grads = torch.autograd.grad(
+        loss(expected[ENERGY], expected[FORCES], expected.get(STRESS)), list(model.parameters())
+    )
+    atomic, forces, stress_tensor = functional_predict(model, graph, stress)
+    energy = sum_per_structure(atomic, graph.batch, graph.n_structures)
+    grads = torch.autograd.grad(loss(energy, forces, stress_tensor), list(model.parameters()))
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert_close(got, want, **SYMMETRY)

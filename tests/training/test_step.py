@@ -48,7 +48,7 @@ def _lr(k, n_steps, peak):
     return peak * min(1.0, (k + 1) / 10) * 0.5 * (1.0 + math.cos(math.pi * k / n_steps))
 
 
-def _train(graphs, data, batches, dtype, wrap=None, peak_lr=3e-4):
+def _train(graphs, data, batches, dtype, wrap=None, peak_lr=3e-4, compile=False):
     """Train a tiny PaiNN (molecules and cells: energy, forces, stress) on ``batches``.
 
     ``wrap`` turns the eager :class:`TrainStep` into the step under test. Returns the loss
@@ -61,7 +61,7 @@ def _train(graphs, data, batches, dtype, wrap=None, peak_lr=3e-4):
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=1e-3)
     loss = DistillationLoss(1.0, 1.0, 1.0, LossScales.from_dataset(data), huber_delta=2.0)
     ema = ExponentialMovingAverage(model, 0.9)
-    step = TrainStep(model, optimizer, ema, loss, grad_clip=5.0, stress=True)
+    step = TrainStep(model, optimizer, ema, loss, grad_clip=5.0, stress=True, compile=compile)
     if wrap is not None:
         step = wrap(step)
     losses = []
@@ -105,6 +105,54 @@ def test_static_step_follows_the_eager_step(packed_dataset):
     _assert_same_training(static, eager, CAPTURE_EXACT)
     assert static[3].captures == 0
     assert static[3].capacity == capacity(graphs.n_atoms, graphs.n_edges, max_structures=3)
+
+
+COMPILED_FLOAT64 = {"rtol": 1e-8, "atol": 1e-10}
+"""Float64 agreement of the compiled step with the eager one (inductor sums in its own order)."""
+
+
+def test_compiled_static_step_follows_the_eager_step(packed_dataset):
+    """The compiled step (forces by torch.func, first-order backward) trains as the eager one.
+
+    Float64, 20 steps of molecules and cells with energy, forces, stress and a Huber loss.
+    """
+    graphs, data = _graph_set(packed_dataset, torch.float64)
+    batches = _batches(graphs, 20)
+    eager = _train(graphs, data, batches, torch.float64)
+    compiled = _train(
+        graphs, data, batches, torch.float64, _static(graphs, cuda_graph=False), compile=True
+    )
+    assert compiled[3].step.compile  # compiled, not fallen back
+    _assert_same_training(compiled, eager, COMPILED_FLOAT64)
+
+
+def test_a_step_that_cannot_compile_warns_and_trains_eagerly(packed_dataset, monkeypatch):
+    """A torch whose compiler fails on the step: one warning, then the eager step's results."""
+
+    def failing_compile(function, **options):
+        def compiled(*args):
+            raise RuntimeError("isIntList() INTERNAL ASSERT FAILED (a compiler bug)")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    graphs, data = _graph_set(packed_dataset, torch.float64)
+    batches = _batches(graphs, 5)
+    eager = _train(graphs, data, batches, torch.float64)
+    with pytest.warns(RuntimeWarning, match="could not compile the step.*INTERNAL ASSERT"):
+        fallen_back = _train(graphs, data, batches, torch.float64, compile=True)
+    assert not fallen_back[3].compile
+    _assert_same_training(fallen_back, eager, CAPTURE_EXACT)
+
+
+def test_compiled_step_refuses_several_processes():
+    model = tiny_painn()
+    optimizer = torch.optim.AdamW(model.parameters())
+    ema = ExponentialMovingAverage(model, 0.9)
+    with pytest.raises(ValueError, match="compiled training step runs in one process"):
+        TrainStep(
+            model, optimizer, ema, DistillationLoss(1.0, 1.0), 1.0, world_size=2, compile=True
+        )
 
 
 class _WarmedUpAt:
@@ -180,6 +228,23 @@ def test_captured_loss_curve_equals_the_eager_one_on_cuda(packed_dataset):
         captured[0], eager[0], **CAPTURE_FLOAT32, msg=f"max |loss difference| {difference}"
     )
     torch.testing.assert_close(captured[2], eager[2], rtol=1e-3, atol=1e-4)
+
+
+@CUDA
+def test_compiled_captured_loss_curve_equals_the_eager_one_on_cuda(packed_dataset):
+    """Float32, 300 steps: the compiled step, captured, against the plain eager step."""
+    graphs, data = _graph_set(packed_dataset, torch.float32, "cuda")
+    batches = _batches(graphs, 300)
+    eager = _train(graphs, data, batches, torch.float32)
+    wrap = _static(graphs, cuda_graph=True)
+    compiled = _train(graphs, data, batches, torch.float32, wrap, compile=True)
+    assert compiled[3].step.compile
+    assert compiled[3].captures == 1
+    difference = (compiled[0] - eager[0]).abs().max()
+    torch.testing.assert_close(
+        compiled[0], eager[0], **CAPTURE_FLOAT32, msg=f"max |loss difference| {difference}"
+    )
+    torch.testing.assert_close(compiled[2], eager[2], rtol=1e-3, atol=1e-4)
 
 
 @CUDA

@@ -14,7 +14,7 @@ from ase.calculators.emt import EMT
 from rich.console import Console
 
 from mlff_distiller import keys
-from mlff_distiller.config import load_config
+from mlff_distiller.config import ConfigError, load_config
 from mlff_distiller.data.batching import GraphSet, capacity, pad_batch
 from mlff_distiller.data.dataset import pack
 from mlff_distiller.data.store import LabelStore
@@ -240,3 +240,42 @@ def test_static_training_resumes_like_an_uninterrupted_run(packed_dataset_path, 
     for part in ("model", "ema"):
         for key, value in one[part].items():
             torch.testing.assert_close(two[part][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_training_equals_uncompiled_training(packed_dataset_path, tmp_path):
+    """``training.compile=true`` (here on a CPU): the trainer's epoch, compiled, is the same
+    to float32 round-off."""
+    overrides = [
+        *TINY_MODEL,
+        "training.batch_size=3",
+        "training.epochs=1",
+        "training.static_shapes=true",
+    ]
+    states, outputs = {}, {}
+    for compiled in (False, True):
+        run_dir = tmp_path / str(compiled)
+        config = load_config(
+            None, [f"run_dir={run_dir}", *overrides, f"training.compile={str(compiled).lower()}"]
+        )
+        prepare_run_dir(config)
+        (run_dir / "data").mkdir()
+        shutil.copy(packed_dataset_path, run_dir / "data" / "dataset.h5")
+        output = io.StringIO()
+        Trainer(config, run_dir, Console(file=output, width=200)).run()
+        outputs[compiled] = output.getvalue()
+        states[compiled] = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert "compiled (the first step compiles)" in outputs[True]
+    assert "compiled" not in outputs[False]
+    for part in ("model", "ema"):
+        for key, value in states[False][part].items():
+            torch.testing.assert_close(states[True][part][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_needs_static_shapes_and_excludes_lean_messages():
+    with pytest.raises(ConfigError, match=r"training\.compile=true needs training\.static_shapes"):
+        load_config(None, ["training.compile=true"])
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_config(
+            None,
+            ["training.compile=true", "training.static_shapes=true", "model.lean_messages=true"],
+        )

@@ -362,6 +362,10 @@ class GraphSet:
         self.device = device
         self.storage = tensors["positions"].device
 
+    def nbytes(self) -> int:
+        """Bytes of the arrays (where :attr:`storage` says)."""
+        return sum(t.numel() * t.element_size() for t in self._t.values())
+
     @classmethod
     def from_dataset(
         cls,

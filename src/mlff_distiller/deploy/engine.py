@@ -35,12 +35,7 @@ import torch
 from mlff_distiller.deploy.neighbours import SkinNeighbourList
 from mlff_distiller.graph import AtomicGraph, copy_into_padded, pad_graph, padding_length
 from mlff_distiller.keys import ENERGY, FORCES, STRESS
-from mlff_distiller.models.predict import (
-    predict,
-    strain,
-    strain_gradient_to_stress,
-    sum_per_structure,
-)
+from mlff_distiller.models.predict import functional_predict, predict, sum_per_structure
 
 DEFAULT_SKIN = None
 """Default Verlet skin: chosen by :func:`auto_skin` from the device and the number of atoms."""
@@ -78,53 +73,6 @@ def auto_skin(device: torch.device, n_atoms: int) -> float:
     if device.type == "cuda":
         return 1.0 if n_atoms < LAUNCH_BOUND_ATOMS else 0.3
     return 0.0
-
-
-def functional_predict(
-    model: torch.nn.Module, graph: AtomicGraph, stress: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-atom energies, forces and stress as :func:`predict` derives them, by ``torch.func``.
-
-    The same derivation (forces ``-dE/dpositions``; stress ``dE/d displacement`` of
-    :func:`~mlff_distiller.models.predict.strain` over the volume) with
-    :func:`torch.func.grad` instead of the autograd engine, so that ``torch.compile``
-    traces energy and derivatives as one graph: inductor then fuses the forward and the
-    backward pass into a few C++ loops.
-
-    Parameters
-    ----------
-    model
-        Maps a graph to per-atom energies (N,) in eV with plain PyTorch operations, which
-        ``torch.func`` can transform (the student in eval mode, as the engine holds it).
-    graph
-        One or several structures (``N`` atoms, ``B`` structures).
-    stress
-        Whether to derive stress (NaN for cells of zero volume).
-
-    Returns
-    -------
-    tuple
-        Per-atom energies (N,) in eV, forces (N, 3) in eV/Å and stress (B, 3, 3) in eV/Å³
-        (ASE sign) or None; detached.
-    """
-
-    def total_energy(
-        positions: torch.Tensor, displacement: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if stress:
-            positions, cell = strain(positions, graph.cell, graph.batch, displacement)
-            atomic = model(graph._replace(positions=positions, cell=cell))
-        else:
-            atomic = model(graph._replace(positions=positions))
-        return atomic.sum(), atomic
-
-    displacement = graph.positions.new_zeros((graph.n_structures, 3, 3))
-    argnums = (0, 1) if stress else (0,)
-    gradients, atomic = torch.func.grad(total_energy, argnums=argnums, has_aux=True)(
-        graph.positions, displacement
-    )
-    stress_tensor = strain_gradient_to_stress(gradients[1], graph.cell) if stress else None
-    return atomic.detach(), -gradients[0], stress_tensor
 
 
 class StudentEngine:

@@ -101,6 +101,56 @@ def predict(
     return out
 
 
+def functional_predict(
+    model: Callable[[AtomicGraph], torch.Tensor], graph: AtomicGraph, stress: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-atom energies, forces and stress as :func:`predict` derives them, by ``torch.func``.
+
+    The same derivation (forces ``-dE/dpositions``; stress ``dE/d displacement`` of
+    :func:`strain` over the volume) with :func:`torch.func.grad` instead of the autograd
+    engine, so that ``torch.compile`` traces energy and derivatives as one graph, which
+    inductor fuses into a few kernels. The results stay differentiable with respect to the
+    model's parameters by *first-order* autograd: a training loss on the forces is
+    backpropagated without ``create_graph``, a backward that ``torch.compile`` can compile
+    (it cannot compile a double backward).
+
+    Parameters
+    ----------
+    model
+        Maps a graph to per-atom energies (N,) in eV with plain PyTorch operations, which
+        ``torch.func`` can transform.
+    graph
+        One or several structures (``N`` atoms, ``B`` structures).
+    stress
+        Whether to derive stress (NaN for cells of zero volume).
+
+    Returns
+    -------
+    tuple
+        Per-atom energies (N,) in eV, forces (N, 3) in eV/Å and stress (B, 3, 3) in eV/Å³
+        (ASE sign) or None; attached to the parameters' autograd graph when they require
+        grad.
+    """
+
+    def total_energy(
+        positions: torch.Tensor, displacement: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if stress:
+            positions, cell = strain(positions, graph.cell, graph.batch, displacement)
+            atomic = model(graph._replace(positions=positions, cell=cell))
+        else:
+            atomic = model(graph._replace(positions=positions))
+        return atomic.sum(), atomic
+
+    displacement = graph.positions.new_zeros((graph.n_structures, 3, 3))
+    argnums = (0, 1) if stress else (0,)
+    gradients, atomic = torch.func.grad(total_energy, argnums=argnums, has_aux=True)(
+        graph.positions.detach(), displacement
+    )
+    stress_tensor = strain_gradient_to_stress(gradients[1], graph.cell) if stress else None
+    return atomic, -gradients[0], stress_tensor
+
+
 # The functions below are the whole of the strain trick and of the autograd step. They are
 # TorchScript-compatible so that the exported student (mlff_distiller.deploy.export) runs
 # this very code instead of a copy: no global constants in their bodies (TorchScript cannot

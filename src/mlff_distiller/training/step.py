@@ -23,7 +23,14 @@ import torch
 
 from mlff_distiller.data.batching import Capacity, Targets, copy_into_padded_batch, pad_batch
 from mlff_distiller.graph import AtomicGraph
-from mlff_distiller.models.predict import _MIN_VOLUME, cell_volume, predict
+from mlff_distiller.keys import ENERGY, FORCES, STRESS
+from mlff_distiller.models.predict import (
+    _MIN_VOLUME,
+    cell_volume,
+    functional_predict,
+    predict,
+    sum_per_structure,
+)
 from mlff_distiller.training.losses import DistillationLoss
 
 WARMUP_STEPS = 3
@@ -99,6 +106,16 @@ class TrainStep:
     world_size
         Number of processes: each process's loss is its share of the global mean, and
         DDP averages gradients, so the loss is scaled by it before backward.
+    compile
+        Compute predictions and loss with :func:`torch.compile`: forces (and stress) by
+        :func:`~mlff_distiller.models.predict.functional_predict`, so that the loss is a
+        function whose parameter gradients need only a first-order backward, which
+        AOTAutograd compiles too (it cannot compile the double backward of
+        ``create_graph``); inductor fuses the per-edge work of forward and backward and
+        recomputes cheap intermediates in the backward instead of keeping them. The same
+        loss and gradients to round-off. The first step, and every step with new shapes,
+        compiles (a minute or more): use it with :class:`StaticTrainStep`. One process only
+        (not under DistributedDataParallel).
     """
 
     def __init__(
@@ -110,7 +127,13 @@ class TrainStep:
         grad_clip: float,
         stress: bool = False,
         world_size: int = 1,
+        compile: bool = False,
     ) -> None:
+        if compile and world_size > 1:
+            raise ValueError(
+                "a compiled training step runs in one process: use compile=False under "
+                "DistributedDataParallel"
+            )
         self.model = model
         self.module = getattr(model, "module", model)
         self.optimizer = optimizer
@@ -120,6 +143,8 @@ class TrainStep:
         self.stress = bool(stress)
         self.world_size = int(world_size)
         self.parameters = [p for p in self.module.parameters() if p.requires_grad]
+        self.compile = bool(compile)
+        self._compiled_loss: Any = None
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of the next steps.
@@ -139,20 +164,61 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.stress:
             graph = cells_for_stress(graph)
-        pred = predict(
-            self.model,
-            graph,
-            forces=True,
-            stress=self.stress,
-            create_graph=True,
-            check_cells=False,
-        )
-        loss, _ = self.loss(pred, targets, graph.batch)
+        loss = self._compiled(graph, targets) if self.compile else None
+        if loss is None:
+            pred = predict(
+                self.model,
+                graph,
+                forces=True,
+                stress=self.stress,
+                create_graph=True,
+                check_cells=False,
+            )
+            loss, _ = self.loss(pred, targets, graph.batch)
         (loss * self.world_size).backward()
         torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.optimizer.step()
         self.ema.update(self.module)
         return loss.detach()
+
+    def _compiled(self, graph: AtomicGraph, targets: Targets) -> torch.Tensor | None:
+        """The compiled loss; None, with a warning and ``compile`` off, if it cannot compile."""
+        first = self._compiled_loss is None
+        if first:
+            # Static shapes: torch 2.11's dynamo fails on this function with symbolic sizes;
+            # a batch of new shapes compiles again (with StaticTrainStep: rarely).
+            self._compiled_loss = torch.compile(self.functional_loss, fullgraph=True, dynamic=False)
+        try:
+            return self._compiled_loss(graph, targets)
+        except Exception as exc:  # any compiler failure: train eagerly, same results
+            if not first:
+                raise
+            text = str(exc).strip()
+            warnings.warn(
+                f"training.compile: torch {torch.__version__} could not compile the step "
+                f"({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}); "
+                "training uncompiled instead (same results, slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.compile = False
+            return None
+
+    def functional_loss(self, graph: AtomicGraph, targets: Targets) -> torch.Tensor:
+        """The loss of ``graph`` with forces and stress by ``torch.func`` (what is compiled).
+
+        Equal to the loss of the eager path; its parameter gradients need only a first-order
+        backward. ``graph`` already has the cells of :func:`cells_for_stress` when the loss
+        has a stress term.
+        """
+        atomic, forces, stress = functional_predict(self.module, graph, self.stress)
+        pred = {
+            ENERGY: sum_per_structure(atomic, graph.batch, graph.n_structures),
+            FORCES: forces,
+        }
+        if stress is not None:
+            pred[STRESS] = stress
+        return self.loss(pred, targets, graph.batch)[0]
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:

@@ -230,6 +230,7 @@ class Trainer:
                 + f"; data on {train_set.storage}"
                 + (f"; {dist.world_size} processes" if dist.world_size > 1 else "")
                 + ("; step captured in a CUDA graph" if captured else "")
+                + ("; compiled (the first step compiles)" if self._compiled(captured) else "")
             )
         # A loaded optimiser state comes in the mode it was saved in; this run's mode wins.
         set_capturable(optimizer, captured)
@@ -241,7 +242,14 @@ class Trainer:
                 broadcast_buffers=False,  # reference energies and scale never change
             )
         step: TrainStep | StaticTrainStep = TrainStep(
-            wrapped, optimizer, ema, loss, cfg.grad_clip, stress=stress, world_size=dist.world_size
+            wrapped,
+            optimizer,
+            ema,
+            loss,
+            cfg.grad_clip,
+            stress=stress,
+            world_size=dist.world_size,
+            compile=self._compiled(captured),
         )
         if cfg.static_shapes:
             static = capacity(
@@ -342,6 +350,14 @@ class Trainer:
                 )
             return False
         return captured
+
+    def _compiled(self, captured: bool) -> bool:
+        """Whether the training step is compiled (``training.compile``; None: when captured)."""
+        cfg = self.config.training
+        compiled = captured if cfg.compile is None else cfg.compile
+        if self.config.model.lean_messages and cfg.compile is None:
+            return False
+        return compiled and self.dist.world_size == 1
 
     def _train_epoch(
         self,
