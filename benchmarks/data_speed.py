@@ -16,6 +16,13 @@ What is timed (see ``../shared/design/BENCHMARKING.md``):
   steps/s (one step of one molecule), MD frames/s at the quickstart's interval, and
   atom-steps/s.
 
+- **N workers** (``--workers 1 2 …``): the project's own ``mlff-distill generate`` then
+  ``label`` of ``--workers-config`` (with ``--workers-overrides``) in a fresh run directory,
+  launched by ``torchrun`` with N processes (gloo on CPUs, one GPU each with NCCL), as
+  :mod:`multi_gpu` runs them: wall time of each command (process start, imports, reading,
+  packing included), frames/s of the whole, speed-up over the first N, and the datasets
+  compared with the first N's.
+
 Speed-ups are ratios of medians measured in the same process. On a GPU, peak memory
 (``torch.cuda.max_memory_allocated``) is reported per configuration.
 
@@ -24,6 +31,8 @@ Usage::
     python benchmarks/data_speed.py --device cuda --out benchmarks/results/data_speed-h100.json
     python benchmarks/data_speed.py --device cpu --molecules 8 --md-replicas 1 4 --rounds 1 \\
         --out /tmp/data_speed-cpu.json
+    python benchmarks/data_speed.py --device cpu --workers 1 2 --workers-config \
+        configs/quickstart.yaml --out benchmarks/results/data_speed-cpu.json
     python benchmarks/data_speed.py --summarize benchmarks/results/data_speed-*.json
 """
 
@@ -43,6 +52,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
+from multi_gpu import compare_datasets, data_stage, read_dataset
 from provenance import environment
 
 from mlff_distiller.structures.samplers import BatchedLangevin, langevin_md, rattle
@@ -198,6 +208,28 @@ def teacher_md(args: argparse.Namespace, teacher: Any, systems: list[ase.Atoms])
     return {"steps_per_round": steps, "timestep_fs": TIMESTEP_FS, "runs": rows}
 
 
+def workers(args: argparse.Namespace) -> dict:
+    """``generate`` + ``label`` of ``--workers-config`` with each number of processes."""
+    args.workers_dir.mkdir(parents=True, exist_ok=True)
+    log = args.workers_dir / "log.txt"
+    overrides = [f"teacher.device={args.device}", *args.workers_overrides]
+    rows = []
+    for processes in args.workers:
+        run_dir = args.workers_dir / f"workers-{processes}"
+        row = data_stage(args.workers_config, overrides, run_dir, processes, log)
+        if rows:
+            first = rows[0]
+            row["speedup_vs_first"] = row["frames_per_s"] / first["frames_per_s"]
+            first_dir = args.workers_dir / f"workers-{first['processes']}"
+            row["dataset_vs_first"] = compare_datasets(
+                read_dataset(first_dir), read_dataset(run_dir)
+            )
+        rows.append(row)
+        brief = {k: v for k, v in row.items() if k != "dataset_vs_first"}
+        print(json.dumps(brief), flush=True)
+    return {"config": str(args.workers_config), "overrides": overrides, "runs": rows}
+
+
 def summarize(paths: list[Path]) -> str:
     """Markdown tables of result files of this script."""
     lines = [
@@ -228,7 +260,25 @@ def summarize(paths: list[Path]) -> str:
                 f"{row['md_frames_per_s']:.1f} | {row['speedup_vs_one_by_one']:.1f} | "
                 + (f"{memory / 1024:.1f} GiB |" if memory else " |")
             )
-    return "\n".join([*lines, "", *md_lines])
+    worker_lines = [
+        "| hardware | config | processes | generate s | label s | frames | frames/s | × first |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        env = result["environment"]
+        hardware = env.get("gpu") or f"CPU ({env['cpu_count']} cores)"
+        for row in result.get("workers", {}).get("runs", []):
+            worker_lines.append(
+                f"| {hardware} | {Path(result['workers']['config']).name} | "
+                f"{row['processes']} | {row['seconds']['generate']:.0f} | "
+                f"{row['seconds']['label']:.0f} | {row['frames']} | {row['frames_per_s']:.1f} | "
+                f"{row.get('speedup_vs_first', 1.0):.2f} |"
+            )
+    tables = [*lines, "", *md_lines]
+    if len(worker_lines) > 2:
+        tables += ["", *worker_lines]
+    return "\n".join(tables)
 
 
 def main() -> None:
@@ -244,6 +294,18 @@ def main() -> None:
     parser.add_argument("--md-replicas", nargs="*", type=int, default=[1, 16, 128, 512])
     parser.add_argument("--md-steps", type=int, default=20, help="MD steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--workers", nargs="*", type=int, default=[], help="process counts of the N-workers rows"
+    )
+    parser.add_argument(
+        "--workers-config", type=Path, default=QUICKSTART, help="config of the N-workers rows"
+    )
+    parser.add_argument(
+        "--workers-overrides", nargs="*", default=[], help="key.path=value for those runs"
+    )
+    parser.add_argument(
+        "--workers-dir", type=Path, default=Path("/tmp/data_speed"), help="their run dirs"
+    )
     parser.add_argument("--out", type=Path, help="JSON file to write")
     parser.add_argument(
         "--summarize", nargs="+", type=Path, help="print Markdown tables of result files; no run"
@@ -257,7 +319,7 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "environment": environment(args.device),
-        "args": {**vars(args), "out": str(args.out)},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "teacher": args.teacher,
     }
 
@@ -278,6 +340,10 @@ def main() -> None:
     save()
     if args.md_replicas:
         result["teacher_md"] = teacher_md(args, teacher, systems)
+        save()
+    if args.workers:
+        del teacher  # the workers load their own
+        result["workers"] = workers(args)
         save()
     result["complete"] = True
     save()

@@ -133,15 +133,13 @@ def n_frames(run_dir: Path) -> int:
 
 
 def data_stage(
-    args: argparse.Namespace, processes: int, log: Path, name: str | None = None
+    config: Path, overrides: list[str], run_dir: Path, processes: int, log: Path
 ) -> dict[str, Any]:
-    run_dir = args.work / (name or f"data-{processes}")
+    """``generate`` then ``label`` of ``config`` in a fresh ``run_dir`` with ``processes``."""
     shutil.rmtree(run_dir, ignore_errors=True)
     seconds, work = {}, {}
     for verb in ("generate", "label"):
-        seconds[verb], output = launch(
-            processes, verb, args.config, run_dir, args.data_overrides, log
-        )
+        seconds[verb], output = launch(processes, verb, config, run_dir, overrides, log)
         work[verb] = work_seconds(output, verb)
     frames = n_frames(run_dir)
     total = sum(seconds.values())
@@ -237,7 +235,9 @@ def main() -> None:
 
     if "data" not in args.skip:
         for processes in (1, args.gpus):
-            result["data"].append(data_stage(args, processes, log))
+            run_dir = args.work / f"data-{processes}"
+            row = data_stage(args.config, args.data_overrides, run_dir, processes, log)
+            result["data"].append(row)
             print(json.dumps(result["data"][-1]), flush=True)
             save()
         one, many = result["data"]
@@ -251,7 +251,8 @@ def main() -> None:
         )
         if args.repeat_one:
             # Two runs of one process: what differs without any sharding (GPU round-off).
-            result["data"].append(data_stage(args, 1, log, name="data-1-again"))
+            again = args.work / "data-1-again"
+            result["data"].append(data_stage(args.config, args.data_overrides, again, 1, log))
             result["datasets_one_vs_one"] = compare_datasets(
                 read_dataset(args.work / "data-1"), read_dataset(args.work / "data-1-again")
             )
