@@ -398,6 +398,8 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
             variants["count+static+compiled"] = (count, True, False, True)
         if args.lean:
             variants["count+lean"] = (count, False, True, False)
+            if args.static:
+                variants["count+static+lean"] = (count, True, True, False)
         if name == "mixed":
             budget = int(batch_size * n_edges.mean())
             edge_batches = plan_batches(order, n_atoms, n_edges, 4 * batch_size, max_edges=budget)
@@ -470,7 +472,7 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
             if isinstance(step, StaticTrainStep):
                 row["captured"] = step.cuda_graph
                 row["capture_seconds"] = step.capture_seconds
-            same_batches = batching.startswith("count") and "lean" not in batching
+            same_batches = batching.startswith("count")
             if (
                 implementation == "mlff_distiller"
                 and same_batches
@@ -514,7 +516,8 @@ def main() -> None:
     parser.add_argument(
         "--lean",
         action="store_true",
-        help="also time the memory-lean messages (model.lean_messages=true), eagerly",
+        help="also time the memory-lean messages (model.lean_messages=true), eagerly and, "
+        "with --static, on padded batches (captured on CUDA)",
     )
     parser.add_argument("--curve-steps", type=int, default=300, help="steps of the loss curves")
     parser.add_argument("--curve-batch-size", type=int, default=16)
