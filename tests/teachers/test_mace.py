@@ -1,7 +1,8 @@
 """MACE teacher from a local model file: a small MACE with random weights.
 
 mace-torch pins ``e3nn==0.4.4`` and sevenn 0.13 needs ``e3nn>=0.5``, so the two cannot share an
-environment: these tests run where the ``[mace]`` extra is installed and skip elsewhere.
+environment: these tests run where the ``[mace]`` extra is installed (``make test`` runs them in
+its own ``.venv-mace``) and skip elsewhere.
 Nothing can be downloaded here, so a small MACE (float64, random weights) is built, saved whole
 with ``torch.save`` as published ``.model`` files are, and loaded through the registry.
 """
