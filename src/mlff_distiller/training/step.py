@@ -190,6 +190,8 @@ class TrainStep:
             self._compiled_loss = torch.compile(self.functional_loss, fullgraph=True, dynamic=False)
         try:
             return self._compiled_loss(graph, targets)
+        except torch.cuda.OutOfMemoryError:
+            raise  # not the compiler's failure: the batch does not fit
         except Exception as exc:  # any compiler failure: train eagerly, same results
             if not first:
                 raise
