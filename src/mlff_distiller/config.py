@@ -630,6 +630,8 @@ def _explain(error: ValidationError, origin: str) -> ConfigError:
             hint = difflib.get_close_matches(key, known, n=1)
             fix = f" (did you mean '{hint[0]}'?)" if hint else ""
             lines.append(f"unknown key '{key}'{fix}")
+        elif not key:  # a check across sections: its message names the keys
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"'{key}': {err['msg']} (got {_shorten(repr(err.get('input')))})")
     return ConfigError(f"{origin}: " + "; ".join(lines))

@@ -379,6 +379,22 @@ CASES = [
         "2 systems cannot be split",
     ),
     Case(
+        "compile-without-static-shapes",
+        "config",
+        "`training.compile=true` without static shapes",
+        overrides("training.compile=true"),
+        "training.compile=true needs training.static_shapes=true",
+    ),
+    Case(
+        "compile-with-lean-messages",
+        "config",
+        "`training.compile=true` with `model.lean_messages=true`",
+        overrides(
+            "training.compile=true", "training.static_shapes=true", "model.lean_messages=true"
+        ),
+        "exclude each other",
+    ),
+    Case(
         "unknown-teacher",
         "config",
         "`teacher.name=orb-v9`",
