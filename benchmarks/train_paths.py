@@ -7,8 +7,9 @@ which training then amplifies as any two runs of the same step on a GPU do (atom
 not add in a fixed order). This script trains the student of ``--config`` on one packed
 dataset with each path, and the eager path twice (the run-to-run noise), from the same seed
 for ``--epochs`` epochs with a fixed schedule, through the project's own ``mlff-distill
-train``, and reports every run's validation errors per epoch (from ``logs/metrics.csv``),
-the final ones side by side and the seconds per epoch.
+train`` (one process, started as :mod:`multi_gpu` starts it), and reports every run's
+validation errors per epoch (from ``logs/metrics.csv``), the final ones side by side and
+the seconds per epoch.
 
 The dataset is that of an existing run directory (``--data RUN``: its ``data/dataset.h5``),
 copied into a fresh run directory per path. See ``../shared/design/BENCHMARKING.md``.
@@ -22,10 +23,8 @@ Usage (on a GPU machine, after ``mlff-distill generate`` and ``label`` of the co
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from multi_gpu import epochs_csv, launch
 from provenance import environment
 
 PATHS = {
@@ -50,13 +50,7 @@ def train(args: argparse.Namespace, name: str, overrides: list[str]) -> list[dic
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "data").mkdir(parents=True)
     shutil.copy(args.data / "data" / "dataset.h5", run_dir / "data" / "dataset.h5")
-    command = [
-        sys.executable,
-        "-m",
-        "mlff_distiller",
-        "train",
-        str(args.config),
-        f"run_dir={run_dir}",
+    settings = [
         f"training.device={args.device}",
         f"training.epochs={args.epochs}",
         f"training.batch_size={args.batch_size}",
@@ -64,12 +58,8 @@ def train(args: argparse.Namespace, name: str, overrides: list[str]) -> list[dic
         "training.early_stopping_patience=null",
         *overrides,
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    (args.work / f"{name}.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"{name}: training failed, see {args.work / f'{name}.log'}")
-    with (run_dir / "logs" / "metrics.csv").open() as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    launch(1, "train", args.config, run_dir, settings, args.work / f"{name}.log")
+    return epochs_csv(run_dir)
 
 
 def main() -> None:
