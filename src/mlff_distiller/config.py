@@ -441,8 +441,8 @@ class TrainingConfig(_Section):
     """Compile energies, forces and loss of the step with ``torch.compile`` (forces by
     ``torch.func``, so that the parameter gradients need only a first-order backward, which
     is compiled too): inductor fuses the per-edge work of forward and backward into a few
-    kernels. On an H200 with the seed student, with ``cuda_graph``, 2.5 to 3.5 times faster
-    than the uncompiled captured step and with a lower peak memory
+    kernels. On an H100 with the seed student, with ``cuda_graph``, 2.4 to 3.5 times faster
+    than the uncompiled captured step (batches of 8 to 256) and with a lower peak memory
     (``benchmarks/train_speed.py``). The first step compiles (about 25 s on that GPU, more
     on a CPU), and so does a step whose padded capacities grow; the same loss to float32
     round-off. Needs ``static_shapes``; not with ``model.lean_messages``. None: on when the
