@@ -41,8 +41,9 @@ what its step allocates over its first ``--warmup`` steps (``max_memory_allocate
 ``reset_peak_memory_stats``, less what was allocated before it was built: model, optimiser,
 CUDA-graph pool and activations) plus its own training data on the device (the resident
 :class:`~mlff_distiller.data.batching.GraphSet`, or the plain reference's per-structure
-tensors), so that other configurations' memory is not counted. A configuration that runs
-out of GPU memory is recorded as such. GPU times are read after ``torch.cuda.synchronize()``.
+tensors; ``data_on_device_gib``), so that other configurations' memory is not counted. A
+configuration that runs out of GPU memory is recorded as such. GPU times are read after
+``torch.cuda.synchronize()``.
 
 Usage::
 
@@ -468,6 +469,11 @@ def measure(args: argparse.Namespace, name: str, dataset: PackedDataset, device:
                 "structures_per_s": per_step / seconds,
                 "s_per_epoch_extrapolated": len(dataset) / (per_step / seconds),
                 "peak_memory_gib": peak[key],
+                "data_on_device_gib": (
+                    (plain_bytes if implementation == "plain_eager" else graphs_bytes) / 2**30
+                    if device.type == "cuda"
+                    else None
+                ),
             }
             if isinstance(step, StaticTrainStep):
                 row["captured"] = step.cuda_graph
