@@ -76,3 +76,39 @@ def example_structures(seed: int = 0) -> dict[str, ase.Atoms]:
     cu = ase.build.bulk("Cu", "fcc", a=3.61)
     cu.set_cell(cu.cell[:] @ (np.eye(3) + rng.uniform(-0.03, 0.03, (3, 3))), scale_atoms=True)
     return {"ethanol": ethanol, "si": si, "cu": cu}
+
+
+def finite_difference_set(h_force: float, h_strain: float) -> list[ase.Atoms]:
+    """Structures to check a teacher's forces and stress against its energies.
+
+    Parameters
+    ----------
+    h_force
+        Displacement (Å) of atom 0 of the water molecule along z, both ways.
+    h_strain
+        Symmetric xy strain of the copper cell (atoms scaled with it), both ways.
+
+    Returns
+    -------
+    list[ase.Atoms]
+        ``[water, copper, methane, water +h, water -h, copper +strain, copper -strain]``:
+        rattled water (no cell), rattled cubic fcc copper (4 atoms), methane, then the
+        displaced and sheared copies. ``-(E[3] - E[4]) / (2 h_force)`` is the z force on
+        atom 0 of water; ``(E[5] - E[6]) / (2 h_strain) / V`` is copper's xy stress.
+    """
+    water = ase.build.molecule("H2O")
+    water.rattle(0.05, seed=1)
+    copper = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True)
+    copper.rattle(0.05, seed=2)
+    displaced = [water.copy(), water.copy()]
+    displaced[0].positions[0, 2] += h_force
+    displaced[1].positions[0, 2] -= h_force
+    sheared = []
+    for sign in (1.0, -1.0):
+        strain = np.eye(3)
+        strain[0, 1] += sign * h_strain / 2
+        strain[1, 0] += sign * h_strain / 2
+        copy = copper.copy()
+        copy.set_cell(copper.cell.array @ strain, scale_atoms=True)
+        sheared.append(copy)
+    return [water, copper, ase.build.molecule("CH4"), *displaced, *sheared]

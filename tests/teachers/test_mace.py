@@ -14,9 +14,10 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk, molecule
+from ase.build import molecule
 
 from mlff_distiller.teachers import get_teacher
+from mlff_distiller.testing import finite_difference_set
 
 pytest.importorskip(
     "mace", reason="mace-torch is not installed (the [mace] extra, which excludes sevenn)"
@@ -69,50 +70,10 @@ def mace(weights):
 H_FORCE, H_STRAIN = 1e-4, 1e-5
 
 
-def _water():
-    atoms = molecule("H2O")
-    atoms.rattle(0.05, seed=1)
-    return atoms
-
-
-def _copper():
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.rattle(0.05, seed=2)
-    return atoms
-
-
-def _displaced(atoms, h):
-    """Copies of ``atoms`` with atom 0 moved by +h and -h Å along z."""
-    copies = [atoms.copy(), atoms.copy()]
-    copies[0].positions[0, 2] += h
-    copies[1].positions[0, 2] -= h
-    return copies
-
-
-def _sheared(atoms, h):
-    """Copies of ``atoms`` under symmetric xy strains +h and -h, atoms scaled with the cell."""
-    copies = []
-    for sign in (1.0, -1.0):
-        strain = np.eye(3)
-        strain[0, 1] += sign * h / 2
-        strain[1, 0] += sign * h / 2
-        copy = atoms.copy()
-        copy.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-        copies.append(copy)
-    return copies
-
-
 @pytest.fixture(scope="module")
 def structures():
     """Water, copper, methane, then water displaced and copper sheared both ways."""
-    water, copper = _water(), _copper()
-    return [
-        water,
-        copper,
-        molecule("CH4"),
-        *_displaced(water, H_FORCE),
-        *_sheared(copper, H_STRAIN),
-    ]
+    return finite_difference_set(H_FORCE, H_STRAIN)
 
 
 @pytest.fixture(scope="module")
