@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from multi_gpu import compare_datasets, data_stage, read_dataset
 from provenance import environment
 
+from mlff_distiller.atomic import write_json
 from mlff_distiller.structures.samplers import BatchedLangevin, langevin_md, rattle
 from mlff_distiller.structures.sources import from_smiles
 from mlff_distiller.teachers import get_teacher
@@ -325,10 +326,7 @@ def main() -> None:
 
     def save() -> None:
         """Rewrite the JSON after every measurement: a run cut short keeps what it measured."""
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.out)
+        write_json(args.out, result)
 
     start = time.perf_counter()
     teacher = get_teacher(args.teacher, args.device)

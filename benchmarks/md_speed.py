@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import systems
 from provenance import environment
 
+from mlff_distiller.atomic import write_json
 from mlff_distiller.deploy.artefact import load_student
 from mlff_distiller.deploy.calculator import StudentCalculator
 from mlff_distiller.deploy.engine import StudentEngine
@@ -545,10 +546,7 @@ def main() -> None:
 
     def save() -> None:
         """Rewrite the JSON after every measurement: a run cut short keeps what it measured."""
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.out)
+        write_json(args.out, result)
 
     single(args, result["single"], save)
     if args.device.startswith("cuda"):

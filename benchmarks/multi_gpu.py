@@ -49,6 +49,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from provenance import environment
 
+from mlff_distiller.atomic import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -228,10 +230,7 @@ def main() -> None:
     }
 
     def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.out)
+        write_json(args.out, result)
 
     if "data" not in args.skip:
         for processes in (1, args.gpus):

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from multi_gpu import epochs_csv, launch
 from provenance import environment
 
+from mlff_distiller.atomic import write_json
+
 PATHS = {
     "eager": ["training.static_shapes=false"],
     "eager_repeat": ["training.static_shapes=false"],
@@ -89,8 +91,7 @@ def main() -> None:
             "history": history,
         }
         print(json.dumps({name: result["runs"][name]["final"]}), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -74,6 +74,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from provenance import environment
 
 from mlff_distiller import keys
+from mlff_distiller.atomic import write_json
 from mlff_distiller.data.batching import Capacity, GraphSet, plan_batches, plan_steps
 from mlff_distiller.data.dataset import PackedDataset
 from mlff_distiller.graph import padding_length
@@ -571,8 +572,7 @@ def main() -> None:
             brief = {k: v for k, v in curves.items() if k != "curves"}
             print(json.dumps({"loss_curves": brief}), flush=True)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        write_json(args.out, result)
         print(f"wrote {args.out}")
 
 
